@@ -258,7 +258,10 @@ def solve_input_size(num_elements: int, mode: str, num_layers: int, num_units: i
     base = params_size(RnnSpec(mode, num_layers, num_units, 0, num_dirs, "linear_input", num_proj))
     per_input = num_dirs * GATES_PER_MODE[mode] * num_units
     extra = num_elements - base
-    if extra > 0 and extra % per_input == 0:
+    # Under auto_select, I == H means skip_input, whose size was checked above; a linear-sized
+    # buffer solving to I == H therefore fits no auto_select layout.
+    if extra > 0 and extra % per_input == 0 and not (input_mode == "auto_select"
+                                                     and extra // per_input == num_units):
         return extra // per_input
     spec0 = RnnSpec(mode, num_layers, num_units, 1, num_dirs, "linear_input", num_proj)
     raise LayoutError(

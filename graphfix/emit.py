@@ -1,0 +1,273 @@
+"""Standard-op TensorFlow functions that compute what a cuDNN op computed.
+
+Each builder traces a `tf.function` for one static configuration and returns its
+FunctionDefs (the function and the While bodies it calls), renamed deterministically from
+the node being replaced, so that the same input always gives the same output.
+
+The RNN function (one per cuDNN node)::
+
+    x [T,B,I] or [B,T,I] --transpose--> [T,B,I]
+      for each layer, for each direction:
+        x_proj = reshape(x) @ kernel + bias         # one MatMul for all steps, outside the loop
+        (backward: reverse_sequence over each example's valid steps)
+        While t < T: gates = x_proj[t] + h @ recurrent_kernel; cell update; mask past len
+      concat directions -> next layer's input
+    -> output, output_h, output_c, reserve_space (dummy), [host_reserved (dummy)]
+
+Float16 and bfloat16 are computed in float32 and cast back (cuDNN accumulates in float32 too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from graphfix.layout import RnnSpec, pieces
+from graphfix.weights import graph_weights, weight_slots
+
+_UPCAST = {tf.float16: tf.float32, tf.bfloat16: tf.float32}
+
+
+@dataclasses.dataclass(frozen=True)
+class RnnCall:
+    """Everything static about one cuDNN forward op that the CPU function depends on."""
+
+    spec: RnnSpec
+    dtype: tf.DType
+    time_major: bool = True
+    has_sequence_lengths: bool = False
+    num_outputs: int = 4  # CudnnRNN: 4; V2/V3: 5 (host_reserved)
+
+
+class _TfOps:
+    concat = staticmethod(lambda xs, axis: tf.concat(xs, axis=axis))
+    transpose = staticmethod(tf.transpose)
+    add = staticmethod(tf.add)
+
+
+def unpack_params_tensor(params: tf.Tensor, spec: RnnSpec) -> list[tf.Tensor]:
+    """In-graph twin of `weights.graph_weights_from_buffer`: params [N] -> weight slots."""
+    def get_piece(p):
+        return tf.reshape(tf.slice(params, [p.offset], [p.size]), p.shape)
+    return graph_weights(get_piece, spec, _TfOps)
+
+
+def _cell_step(spec: RnnSpec, x_t, h, c, recurrent_kernel, recurrent_bias, projection):
+    """One step for a batch. x_t: [B, G*H] (input part, biases added). h: [B, Hh]. c: [B, H]."""
+    rec = tf.matmul(h, recurrent_kernel)
+    if spec.mode == "lstm":
+        i, f, g, o = tf.split(x_t + rec, 4, axis=1)
+        c_new = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+        h_new = tf.sigmoid(o) * tf.tanh(c_new)
+        if projection is not None:
+            h_new = tf.matmul(h_new, projection)
+        return h_new, c_new
+    if spec.mode == "gru":
+        xr, xz, xn = tf.split(x_t, 3, axis=1)
+        hr, hz, hn = tf.split(rec + recurrent_bias, 3, axis=1)
+        r = tf.sigmoid(xr + hr)
+        z = tf.sigmoid(xz + hz)
+        n = tf.tanh(xn + r * hn)
+        return n + z * (h - n), c
+    pre = x_t + rec
+    return (tf.tanh(pre) if spec.mode == "rnn_tanh" else tf.nn.relu(pre)), c
+
+
+def _run_direction(spec, x_proj, h0, c0, w, lengths, reverse):
+    """One pseudo-layer. x_proj: [T, B, G*H]; h0 [B, Hh]; c0 [B, H]; lengths [B] or None.
+
+    Returns (y [T, B, Hh], h_n [B, Hh], c_n [B, H]).
+    """
+    steps = tf.shape(x_proj)[0]
+    if reverse:
+        x_proj = (tf.reverse(x_proj, [0]) if lengths is None
+                  else tf.reverse_sequence(x_proj, lengths, seq_axis=0, batch_axis=1))
+    outputs = tf.TensorArray(x_proj.dtype, size=steps, element_shape=tf.TensorShape([None, spec.hidden_size]))
+
+    def body(t, h, c, outputs):
+        h_new, c_new = _cell_step(spec, x_proj[t], h, c, w["recurrent_kernel"],
+                                  w.get("recurrent_bias"), w.get("projection"))
+        if lengths is None:
+            return t + 1, h_new, c_new, outputs.write(t, h_new)
+        # Past its length an example keeps its state and outputs zeros (cuDNN padding_fill 0).
+        valid = tf.expand_dims(t < lengths, 1)
+        y = tf.where(valid, h_new, tf.zeros_like(h_new))
+        return t + 1, tf.where(valid, h_new, h), tf.where(valid, c_new, c), outputs.write(t, y)
+
+    _, h_n, c_n, outputs = tf.while_loop(
+        lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, outputs), maximum_iterations=steps)
+    y = outputs.stack()
+    if reverse:
+        y = tf.reverse(y, [0]) if lengths is None else tf.reverse_sequence(y, lengths, seq_axis=0, batch_axis=1)
+    return y, h_n, c_n
+
+
+def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values):
+    """The cuDNN op's forward pass in standard ops. Shapes as the op's (see CUDNN_FACTS §1)."""
+    spec = call.spec
+    out_dtype = x.dtype
+    compute = _UPCAST.get(out_dtype, out_dtype)
+    cast = lambda t: tf.cast(t, compute) if t.dtype != compute else t
+    x, h0, c0 = cast(x), cast(h0), cast(c0)
+    slots = weight_slots(spec)
+    by_layer: dict = {}
+    for slot, value in zip(slots, weight_values):
+        by_layer.setdefault((slot.layer, slot.direction), {})[slot.kind] = cast(value)
+
+    if not call.time_major:
+        x = tf.transpose(x, [1, 0, 2])
+    steps, batch = tf.shape(x)[0], tf.shape(x)[1]
+    LD = spec.num_layers * spec.num_dirs
+    # Batch-major states are [B, L*D, .] in shape only; memory is [L*D, B, .] (TF's descriptor quirk).
+    h0 = tf.reshape(h0, [LD, batch, spec.hidden_size])
+    c0 = (tf.reshape(c0, [LD, batch, spec.num_units]) if spec.mode == "lstm"
+          else tf.zeros([LD, batch, spec.num_units], compute))
+    lengths = None
+    if sequence_lengths is not None:
+        lengths = tf.minimum(tf.cast(sequence_lengths, tf.int32), steps)
+
+    layer_in = x
+    h_list, c_list = [], []
+    for layer in range(spec.num_layers):
+        in_width = spec.layer_input_size(layer)
+        flat_in = tf.reshape(layer_in, [-1, in_width])
+        outs = []
+        for d in range(spec.num_dirs):
+            w = by_layer[(layer, d)]
+            if "kernel" in w:
+                proj = tf.matmul(flat_in, w["kernel"])
+            else:  # skip_input: the input enters every gate unprojected
+                proj = tf.tile(flat_in, [1, spec.gates])
+            proj = proj + w.get("bias", w.get("input_bias"))
+            x_proj = tf.reshape(proj, [steps, batch, spec.gates * spec.num_units])
+            k = layer * spec.num_dirs + d
+            y, h_n, c_n = _run_direction(spec, x_proj, h0[k], c0[k], w, lengths, reverse=d == 1)
+            outs.append(y)
+            h_list.append(h_n)
+            c_list.append(c_n)
+        layer_in = outs[0] if len(outs) == 1 else tf.concat(outs, axis=2)
+
+    output = layer_in if call.time_major else tf.transpose(layer_in, [1, 0, 2])
+    output_h, output_c = tf.stack(h_list), tf.stack(c_list)
+    if not call.time_major:
+        output_h = tf.reshape(output_h, [batch, LD, spec.hidden_size])
+        output_c = tf.reshape(output_c, [batch, LD, spec.num_units])
+    if spec.mode != "lstm":
+        output_c = tf.zeros([], compute)  # what the kernel allocates for non-LSTM modes: a dummy
+    results = [tf.cast(t, out_dtype) for t in (output, output_h, output_c)]
+    results.append(tf.zeros([], out_dtype))  # reserve_space: only meaningful for training
+    if call.num_outputs == 5:
+        results.append(tf.zeros([], tf.int8))  # host_reserved: likewise
+    return results
+
+
+@dataclasses.dataclass
+class TracedFunction:
+    """A function to add to a library: its name, signature types, and all FunctionDefs."""
+
+    name: str
+    input_types: list
+    output_types: list
+    function_defs: list  # FunctionDef protos; the first is `name`
+
+
+def trace_rnn(call: RnnCall, name: str) -> TracedFunction:
+    """Trace the CPU replacement of one cuDNN forward op as FunctionDefs named from `name`."""
+    spec, dtype = call.spec, call.dtype
+    LD = spec.num_layers * spec.num_dirs
+    state_shape = ([LD, None] if call.time_major else [None, LD])
+    signature = [tf.TensorSpec([None, None, spec.input_size], dtype, "input"),
+                 tf.TensorSpec(state_shape + [spec.hidden_size], dtype, "input_h"),
+                 tf.TensorSpec(None, dtype, "input_c")]
+    if call.has_sequence_lengths:
+        signature.append(tf.TensorSpec([None], tf.int32, "sequence_lengths"))
+    slots = weight_slots(spec)
+    signature += [tf.TensorSpec(s.shape, dtype, s.name) for s in slots]
+
+    def forward(*args):
+        x, h0, c0 = args[:3]
+        seq = args[3] if call.has_sequence_lengths else None
+        weights = args[4 if call.has_sequence_lengths else 3:]
+        return rnn_forward(call, x, h0, c0, seq, weights)
+
+    return _trace(forward, signature, name)
+
+
+def trace_params_unpack(spec: RnnSpec, dtype: tf.DType, name: str) -> TracedFunction:
+    """Trace params [N] -> the RNN function's weight inputs (for params known at run time)."""
+    signature = [tf.TensorSpec([None], dtype, "params")]
+    return _trace(lambda params: unpack_params_tensor(params, spec), signature, name)
+
+
+def trace_params_to_canonical(spec: RnnSpec, dtype: tf.DType, name: str) -> TracedFunction:
+    """Trace CudnnRNNParamsToCanonical(V2): params [N] -> weights..., biases... (buffer order)."""
+    signature = [tf.TensorSpec([None], dtype, "params")]
+    ordered = [p for p in pieces(spec) if p.kind in ("W", "R", "P")] + \
+              [p for p in pieces(spec) if p.kind in ("bW", "bR")]
+    return _trace(lambda params: [tf.reshape(tf.slice(params, [p.offset], [p.size]), p.shape)
+                                  for p in ordered], signature, name)
+
+
+def trace_canonical_to_params(shapes: list, dtype: tf.DType, name: str) -> TracedFunction:
+    """Trace CudnnRNNCanonicalToParams(V2): weights..., biases... -> params [N] (flat concat)."""
+    signature = [tf.TensorSpec(s, dtype, f"piece{i}") for i, s in enumerate(shapes)]
+    return _trace(lambda *parts: tf.concat([tf.reshape(p, [-1]) for p in parts], axis=0), signature, name)
+
+
+def _trace(fn, signature, name) -> TracedFunction:
+    concrete = tf.function(fn, input_signature=signature, autograph=False).get_concrete_function()
+    library = {f.signature.name: f for f in concrete.graph.as_graph_def().library.function}
+    main = concrete.function_def
+    library[main.signature.name] = main
+    renamed = _rename_functions(main.signature.name, library, name)
+    out_types = [tf.as_dtype(a.type) for a in renamed[0].signature.output_arg]
+    in_types = [tf.as_dtype(a.type) for a in renamed[0].signature.input_arg]
+    return TracedFunction(renamed[0].signature.name, in_types, out_types, renamed)
+
+
+def _function_refs(fdef):
+    """Yield every AttrValue in fdef's nodes that names a function."""
+    for node in fdef.node_def:
+        for value in node.attr.values():
+            if value.HasField("func"):
+                yield value.func
+            for f in value.list.func:
+                yield f
+
+
+def _rename_functions(root: str, library: dict, base: str) -> list:
+    """Copy `root` and the functions it reaches, named base, base__1, ... in call order.
+
+    TF names traced functions with a process-wide counter; renaming by discovery order
+    makes the output depend only on the input.
+    """
+    order, queue = [], [root]
+    while queue:
+        fname = queue.pop(0)
+        if fname in order or fname not in library:
+            continue
+        order.append(fname)
+        queue.extend(f.name for f in _function_refs(library[fname]))
+    new_names = {old: base if i == 0 else f"{base}__{i}" for i, old in enumerate(order)}
+    out = []
+    for old in order:
+        fdef = type(library[old])()
+        fdef.CopyFrom(library[old])
+        fdef.signature.name = new_names[old]
+        for ref in _function_refs(fdef):
+            ref.name = new_names.get(ref.name, ref.name)
+        out.append(fdef)
+    return out
+
+
+def function_name_for(node_path: str, suffix: str = "") -> str:
+    """A valid, deterministic function name derived from a node's path."""
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", node_path).strip("_") or "node"
+    return f"graphfix_{safe}{suffix}"
+
+
+def numpy_dtype(dtype: tf.DType):
+    return np.dtype(dtype.as_numpy_dtype)
