@@ -1,0 +1,3 @@
+from graphfix import cli
+
+raise SystemExit(cli.main())

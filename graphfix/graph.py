@@ -1,0 +1,158 @@
+"""A small view over the two places nodes live: a GraphDef's node list and a FunctionDef's body.
+
+They differ only in how an input names a tensor: ``node:2`` in a graph, ``node:out_arg:0``
+(or an argument name) in a function. `Body` hides that difference, so the rewrite code is
+written once. Tensors are identified by (node name, flat output index).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+from tensorflow.core.framework import function_pb2, graph_pb2, node_def_pb2
+from tensorflow.python.framework import op_def_registry
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRef:
+    """A tensor inside a body: output `index` of node `node`, or argument `node` if is_arg."""
+
+    node: str
+    index: int = 0
+    is_arg: bool = False
+
+
+def output_arg_offsets(op_type: str, node: node_def_pb2.NodeDef) -> dict[str, tuple[int, int]]:
+    """Flat output index range of each output arg of `node`: {arg name: (start, length)}."""
+    op_def = op_def_registry.get(op_type)
+    if op_def is None:
+        return {}
+    offsets, start = {}, 0
+    for arg in op_def.output_arg:
+        if arg.number_attr:
+            n = node.attr[arg.number_attr].i
+        elif arg.type_list_attr:
+            n = len(node.attr[arg.type_list_attr].list.type)
+        else:
+            n = 1
+        offsets[arg.name] = (start, n)
+        start += n
+    return offsets
+
+
+class Body:
+    """Common interface; see GraphBody and FunctionBody."""
+
+    where: str
+    nodes: list
+
+    def node(self, name: str) -> node_def_pb2.NodeDef | None:
+        return self._by_name().get(name)
+
+    def _by_name(self):
+        return {n.name: n for n in self.nodes}
+
+    def parse_input(self, text: str) -> TensorRef | None:
+        """TensorRef for a data input string; None for a control input (^node)."""
+        raise NotImplementedError
+
+    def format_ref(self, node: str, index: int) -> str:
+        """Input string for output `index` of a node whose outputs are one list arg named 'output'."""
+        raise NotImplementedError
+
+    def data_inputs(self, node) -> list[TensorRef]:
+        return [r for r in (self.parse_input(i) for i in node.input) if r is not None]
+
+    def consumers(self, node_name: str) -> Iterator[tuple[node_def_pb2.NodeDef, int, TensorRef]]:
+        """(consumer node, input position, ref) for every data input that reads `node_name`."""
+        for n in self.nodes:
+            for pos, text in enumerate(n.input):
+                ref = self.parse_input(text)
+                if ref is not None and not ref.is_arg and ref.node == node_name:
+                    yield n, pos, ref
+
+    def output_refs(self) -> list[tuple[str, TensorRef]]:
+        """Tensors the body hands out beyond its nodes (function results); none for a graph."""
+        return []
+
+    def rewrite_output_refs(self, node_name: str) -> None:
+        """Re-express references to `node_name` after its op changed to a single-list-output op."""
+
+
+class GraphBody(Body):
+    """The top-level node list of a GraphDef."""
+
+    def __init__(self, graph_def: graph_pb2.GraphDef):
+        self.container = graph_def
+        self.where = "graph"
+
+    @property
+    def nodes(self):
+        return self.container.node
+
+    def parse_input(self, text):
+        if text.startswith("^"):
+            return None
+        name, _, index = text.partition(":")
+        return TensorRef(name, int(index) if index else 0)
+
+    def format_ref(self, node, index):
+        return node if index == 0 else f"{node}:{index}"
+
+
+class FunctionBody(Body):
+    """The body of one FunctionDef in a library."""
+
+    def __init__(self, fdef: function_pb2.FunctionDef):
+        self.container = fdef
+        self.where = f"function {fdef.signature.name}"
+        self._arg_names = {a.name for a in fdef.signature.input_arg}
+
+    @property
+    def nodes(self):
+        return self.container.node_def
+
+    def parse_input(self, text):
+        if text.startswith("^"):
+            return None
+        parts = text.split(":")
+        if len(parts) == 1:
+            return TensorRef(parts[0], 0, is_arg=parts[0] in self._arg_names)
+        node = self.node(parts[0])
+        offsets = output_arg_offsets(node.op, node) if node is not None else {}
+        start = offsets.get(parts[1], (0, 1))[0]
+        return TensorRef(parts[0], start + int(parts[2] if len(parts) > 2 else 0))
+
+    def format_ref(self, node, index):
+        return f"{node}:output:{index}"
+
+    def output_refs(self):
+        return [(key, self.parse_input(value)) for key, value in self.container.ret.items()]
+
+    def rewrite_output_refs(self, node_name):
+        """Rewrite `node:arg:i` strings (inputs and rets) into `node:output:flat` before an op swap."""
+        old = self.node(node_name)
+        offsets = output_arg_offsets(old.op, old)
+
+        def fix(text):
+            parts = text.lstrip("^").split(":")
+            if text.startswith("^") or parts[0] != node_name or len(parts) < 2:
+                return text
+            start = offsets.get(parts[1], (0, 1))[0]
+            return f"{node_name}:output:{start + int(parts[2] if len(parts) > 2 else 0)}"
+
+        for n in self.nodes:
+            for pos, text in enumerate(n.input):
+                n.input[pos] = fix(text)
+        for key in list(self.container.ret):
+            self.container.ret[key] = fix(self.container.ret[key])
+
+
+def bodies(graph_def: graph_pb2.GraphDef) -> list[Body]:
+    """The graph's own nodes, then each library function, in file order."""
+    return [GraphBody(graph_def)] + [FunctionBody(f) for f in graph_def.library.function]
+
+
+def is_cudnn(op_type: str) -> bool:
+    return op_type.startswith("Cudnn")

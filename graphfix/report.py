@@ -1,0 +1,64 @@
+"""What a conversion did, for the CLI to print and for API callers to inspect."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class ConvertedOp:
+    """One cuDNN forward op that was replaced."""
+
+    where: str            # "graph" or "function NAME"
+    node: str
+    op: str               # CudnnRNN | CudnnRNNV2 | CudnnRNNV3
+    mode: str
+    num_layers: int
+    bidirectional: bool
+    input_size: int
+    num_units: int
+    num_proj: int
+    input_mode: str
+    dtype: str
+    time_major: bool
+    sequence_lengths: str  # "none" | "constant" | "run time"
+    params: str            # "folded to constants" | "sliced in-graph (not constant: ...)"
+
+    def summary(self) -> str:
+        direction = "bidirectional" if self.bidirectional else "unidirectional"
+        proj = f", num_proj {self.num_proj}" if self.num_proj else ""
+        return (f"{self.op} {self.node!r} ({self.where}): {self.mode}, {self.num_layers} layer(s), "
+                f"{direction}, input {self.input_size}, units {self.num_units}{proj}, {self.dtype}, "
+                f"{'time-major' if self.time_major else 'batch-major'}, "
+                f"sequence lengths: {self.sequence_lengths}, params {self.params}")
+
+
+@dataclasses.dataclass
+class Report:
+    """Everything the conversion changed or wants the user to know."""
+
+    source: str = ""
+    output: str | None = None
+    ops: list[ConvertedOp] = dataclasses.field(default_factory=list)
+    helpers: list[str] = dataclasses.field(default_factory=list)   # "CudnnRNNParamsSize 'n' -> Const"
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    removed_nodes: int = 0
+    cleared_devices: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.ops or self.helpers)
+
+    def lines(self) -> list[str]:
+        """Human-readable report, one item per line."""
+        out = [f"converted {len(self.ops)} cuDNN RNN op(s) in {self.source}"]
+        out += [f"  {op.summary()}" for op in self.ops]
+        out += [f"  {h}" for h in self.helpers]
+        if self.removed_nodes:
+            out.append(f"  removed {self.removed_nodes} node(s) that only built the old params buffers")
+        if self.cleared_devices:
+            out.append(f"  cleared the GPU device placement of {self.cleared_devices} node(s)")
+        out += [f"warning: {w}" for w in self.warnings]
+        if self.output:
+            out.append(f"wrote {self.output}")
+        return out

@@ -1,0 +1,113 @@
+"""Fold a tensor of the input graph to a numpy value, running only pure ops from an allowlist.
+
+Params buffers are usually constants, or small constant subgraphs (Keras concatenates
+reshaped, transposed slices), or `CudnnRNNCanonicalToParams` over constants. Folding runs
+the subgraph in a private TensorFlow session on CPU, but only if every node in it is one of
+`PURE_OPS`; cuDNN helpers in it are computed with the numpy layout code. Anything else
+(placeholders, variables, stateful or file ops) means "not constant", and the caller slices
+the buffer in-graph instead. Nothing outside the params' ancestry is ever run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+
+from graphfix import layout
+from graphfix.graph import Body, TensorRef
+
+# Ops that compute a value from their inputs alone: no state, no I/O, no randomness.
+PURE_OPS = frozenset({
+    "Const", "Identity", "IdentityN", "Snapshot", "StopGradient", "PreventGradient",
+    "Concat", "ConcatV2", "Reshape", "Transpose", "Slice", "StridedSlice", "Split", "SplitV",
+    "Squeeze", "ExpandDims", "Pack", "Unpack", "Tile", "Pad", "PadV2", "Reverse", "ReverseV2",
+    "Gather", "GatherV2", "Fill", "Range", "Shape", "Size", "Rank", "ZerosLike", "OnesLike",
+    "Cast", "Add", "AddV2", "Sub", "Mul", "Neg", "RealDiv", "Maximum", "Minimum",
+})
+CANONICAL_TO_PARAMS = ("CudnnRNNCanonicalToParams", "CudnnRNNCanonicalToParamsV2")
+
+
+class Folder:
+    """Folds tensors of one graph body; remembers results and why a tensor is not constant."""
+
+    def __init__(self, body: Body):
+        self.body = body
+        self._cache: dict[TensorRef, np.ndarray | None] = {}
+        self.why_not: dict[TensorRef, str] = {}
+
+    def fold(self, ref: TensorRef) -> np.ndarray | None:
+        """The tensor's value, or None when it is not computable from constants alone."""
+        if ref not in self._cache:
+            self._cache[ref] = self._fold(ref)
+        return self._cache[ref]
+
+    def ancestors(self, ref: TensorRef) -> list[str]:
+        """Node names the tensor depends on through data inputs (the tensor's node first)."""
+        seen, order, stack = set(), [], [ref.node]
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            node = self.body.node(name)
+            if node is None:
+                continue
+            order.append(name)
+            stack.extend(r.node for r in self.body.data_inputs(node) if not r.is_arg)
+        return order
+
+    def _fold(self, ref: TensorRef):
+        if ref.is_arg:
+            self.why_not[ref] = f"it is the function argument {ref.node!r}"
+            return None
+        names = self.ancestors(ref)
+        substitutes: dict[str, np.ndarray] = {}
+        for name in names:
+            node = self.body.node(name)
+            if node.op in CANONICAL_TO_PARAMS:
+                parts = [self.fold(r) for r in self.body.data_inputs(node)[3:]]
+                if any(p is None for p in parts):
+                    self.why_not[ref] = f"{node.op} {name!r} has an input that is not constant"
+                    return None
+                substitutes[name] = layout.pack_canonical(parts, [])  # weights then biases: one flat list
+                continue
+            if node.op not in PURE_OPS:
+                self.why_not[ref] = f"it depends on node {name!r} (op {node.op})"
+                return None
+        if ref.node in substitutes:
+            return substitutes[ref.node]
+        return _run_subgraph(self.body, names, substitutes, ref)
+
+
+def _run_subgraph(body: Body, names: list[str], substitutes: dict, ref: TensorRef) -> np.ndarray:
+    """Evaluate `ref` from the listed nodes in a fresh CPU session."""
+    sub = graph_pb2.GraphDef()
+    keep = set(names)
+    for name in reversed(names):
+        node = sub.node.add()
+        if name in substitutes:
+            node.CopyFrom(_const_node(name, substitutes[name]))
+            continue
+        node.CopyFrom(body.node(name))
+        node.device = ""
+        del node.input[:]
+        for text in body.node(name).input:
+            r = body.parse_input(text)
+            if r is not None and r.node in keep:
+                node.input.append(r.node if r.index == 0 else f"{r.node}:{r.index}")
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(sub, name="")
+    config = tf.compat.v1.ConfigProto(device_count={"GPU": 0})
+    with tf.compat.v1.Session(graph=graph, config=config) as session:
+        return session.run(f"{ref.node}:{ref.index}")
+
+
+def _const_node(name: str, value: np.ndarray):
+    node = graph_pb2.GraphDef().node.add()
+    node.name = name
+    node.op = "Const"
+    node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+    node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+    return node
