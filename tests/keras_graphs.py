@@ -167,6 +167,12 @@ def keras3_cudnn_path() -> Iterator[None]:
     """
     import keras  # noqa: F401  (loads the backend module)
 
+    # _cudnn_gru swaps the z, r gates only on CUDA builds and _cudnn_lstm reorders gates on
+    # ROCm builds; a graph traced elsewhere would not be what a CUDA machine exports.
+    build = tf.sysconfig.get_build_info()
+    assert build.get("is_cuda_build") and not build.get("is_rocm_build"), (
+        f"this TensorFlow build would trace non-CUDA cuDNN params: {dict(build)}"
+    )
     module = sys.modules[KERAS3_RNN_MODULE]
     original = module._is_gpu_available
     module._is_gpu_available = lambda: True
@@ -458,9 +464,9 @@ def build_keras3_lstm(seed: int = 0) -> FrozenCase:
 def build_keras3_gru_state_dynamic_batch(seed: int = 0) -> FrozenCase:
     """Keras 3 GRU(4, return_sequences=True, return_state=True), batch None in the signature.
 
-    Code path: ``_cudnn_gru``: batch-major ``CudnnRNNV3`` rnn_mode="gru", z/r gates swapped
-    into cuDNN order on CUDA builds (``is_cuda_build``; the CPU wheel says False, so the
-    traced params keep Keras's z, r, n order!), bias reshaped from [2, 3H] to 6 pieces.
+    Code path: ``_cudnn_gru``: batch-major ``CudnnRNNV3`` rnn_mode="gru", Keras's z, r gates
+    swapped into cuDNN's r, z order (only when ``tf.sysconfig.get_build_info()["is_cuda_build"]``,
+    which the tensorflow-cpu wheel also reports), bias [2, 3H] flattened into 6 pieces.
     Feeds: x [3, 4, 3]. Fetches: sequences [B, 4, 4], h [B, 4].
     """
     import keras
