@@ -259,8 +259,32 @@ def _rename_functions(root: str, library: dict, base: str) -> list:
         fdef.signature.name = new_names[old]
         for ref in _function_refs(fdef):
             ref.name = new_names.get(ref.name, ref.name)
+        _rename_args(fdef, new_names)
         out.append(fdef)
     return out
+
+
+def _rename_args(fdef, new_names: dict) -> None:
+    """TF bakes function names into some argument names (`while_cond_83___redundant_placeholder0`)."""
+    pattern = re.compile("|".join(re.escape(old) for old in sorted(new_names, key=len, reverse=True)))
+    renamed = {}
+    for arg in fdef.signature.input_arg:
+        new = pattern.sub(lambda m: new_names[m.group(0)], arg.name)
+        if new != arg.name:
+            renamed[arg.name] = new
+            arg.name = new
+    if not renamed:
+        return
+
+    def fix(text):
+        bang = "^" if text.startswith("^") else ""
+        head, sep, tail = text.lstrip("^").partition(":")
+        return bang + renamed.get(head, head) + sep + tail
+
+    for node in fdef.node_def:
+        node.input[:] = [fix(t) for t in node.input]
+    for key in list(fdef.ret):
+        fdef.ret[key] = fix(fdef.ret[key])
 
 
 def function_name_for(node_path: str, suffix: str = "") -> str:

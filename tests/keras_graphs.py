@@ -150,12 +150,36 @@ def _params_ops(node, by_name) -> tuple[str, ...]:
 def run_graph_def(
     graph_def: tf.compat.v1.GraphDef, feeds: dict[str, np.ndarray], fetches: Sequence[str]
 ) -> list[np.ndarray]:
-    """Import graph_def into a fresh graph and run it in a tf.compat.v1.Session."""
+    """Run the part of graph_def that fetches need in a tf.compat.v1.Session.
+
+    A Session places every node of its graph, so the graph is first cut down to the
+    fetches' ancestors (a params subgraph runs on CPU although its CudnnRNN consumer cannot);
+    feeds outside that part are dropped.
+    """
+    pruned = _ancestors(graph_def, [f.split(":")[0] for f in fetches])
     graph = tf.Graph()
     with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
+        tf.graph_util.import_graph_def(pruned, name="")
+    kept = {n.name for n in pruned.node}
+    feed_dict = {k: v for k, v in feeds.items() if k.split(":")[0] in kept}
     with tf.compat.v1.Session(graph=graph) as session:
-        return list(session.run(list(fetches), feed_dict=dict(feeds)))
+        return list(session.run(list(fetches), feed_dict=feed_dict))
+
+
+def _ancestors(graph_def: tf.compat.v1.GraphDef, names: Sequence[str]) -> tf.compat.v1.GraphDef:
+    """A copy of graph_def with only the named nodes and their ancestors (control edges too)."""
+    by_name = {n.name: n for n in graph_def.node}
+    keep, stack = set(), list(names)
+    while stack:
+        name = stack.pop()
+        if name not in keep:
+            keep.add(name)
+            stack.extend(i.lstrip("^").split(":")[0] for i in by_name[name].input)
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    out.node.extend(n for n in graph_def.node if n.name in keep)
+    return out
 
 
 @contextlib.contextmanager
