@@ -150,7 +150,7 @@ def _params_ops(node, by_name) -> tuple[str, ...]:
 def run_graph_def(
     graph_def: tf.compat.v1.GraphDef, feeds: dict[str, np.ndarray], fetches: Sequence[str]
 ) -> list[np.ndarray]:
-    """Run the part of graph_def that fetches need in a tf.compat.v1.Session.
+    """Run the part of graph_def that fetches need in a tf.compat.v1.Session, on CPU only.
 
     A Session places every node of its graph, so the graph is first cut down to the
     fetches' ancestors (a params subgraph runs on CPU although its CudnnRNN consumer cannot);
@@ -162,7 +162,8 @@ def run_graph_def(
         tf.graph_util.import_graph_def(pruned, name="")
     kept = {n.name for n in pruned.node}
     feed_dict = {k: v for k, v in feeds.items() if k.split(":")[0] in kept}
-    with tf.compat.v1.Session(graph=graph) as session:
+    config = tf.compat.v1.ConfigProto(device_count={"GPU": 0})
+    with tf.compat.v1.Session(graph=graph, config=config) as session:
         return list(session.run(list(fetches), feed_dict=feed_dict))
 
 
@@ -183,34 +184,51 @@ def _ancestors(graph_def: tf.compat.v1.GraphDef, names: Sequence[str]) -> tf.com
 
 
 @contextlib.contextmanager
-def keras3_cudnn_path() -> Iterator[None]:
-    """Make Keras 3 (TensorFlow backend) trace its cuDNN RNN branch on a machine without a GPU.
+def keras3_cudnn_path(enabled: bool = True) -> Iterator[None]:
+    """Make Keras 3 (TensorFlow backend) take, or with enabled=False avoid, its cuDNN RNN branch.
 
-    ``import keras.src.backend.tensorflow.rnn as m`` would bind the function of that name,
-    not the module, hence sys.modules.
+    The choice is made when a layer is called (traced), by ``_is_gpu_available()``; patching
+    it works on machines with and without a GPU. ``import keras.src.backend.tensorflow.rnn
+    as m`` would bind the function of that name, not the module, hence sys.modules.
     """
     import keras  # noqa: F401  (loads the backend module)
 
-    # _cudnn_gru swaps the z, r gates only on CUDA builds and _cudnn_lstm reorders gates on
-    # ROCm builds; a graph traced elsewhere would not be what a CUDA machine exports.
-    build = tf.sysconfig.get_build_info()
-    assert build.get("is_cuda_build") and not build.get("is_rocm_build"), (
-        f"this TensorFlow build would trace non-CUDA cuDNN params: {dict(build)}"
-    )
+    if enabled:
+        # _cudnn_gru swaps the z, r gates only on CUDA builds and _cudnn_lstm reorders gates
+        # on ROCm builds; a graph traced elsewhere would not be what a CUDA machine exports.
+        build = tf.sysconfig.get_build_info()
+        assert build.get("is_cuda_build") and not build.get("is_rocm_build"), (
+            f"this TensorFlow build would trace non-CUDA cuDNN params: {dict(build)}"
+        )
     module = sys.modules[KERAS3_RNN_MODULE]
     original = module._is_gpu_available
-    module._is_gpu_available = lambda: True
+    module._is_gpu_available = lambda: enabled
     try:
         yield
     finally:
         module._is_gpu_available = original
 
 
-def _freeze(fn: Callable, signature: Sequence[tf.TensorSpec], *, keras3_cudnn: bool):
-    """Trace fn with a fixed signature and freeze it. Returns (graph_def, inputs, outputs)."""
+@contextlib.contextmanager
+def _cpu_path(keras3: bool) -> Iterator[None]:
+    """Keras's CPU RNN code, even on a machine with a GPU (the oracle must not be cuDNN)."""
+    with tf.device("/CPU:0"):
+        if keras3:
+            with keras3_cudnn_path(enabled=False):
+                yield
+        else:
+            yield
+
+
+def _freeze(
+    fn: Callable, signature: Sequence[tf.TensorSpec], path: contextlib.AbstractContextManager
+):
+    """Trace fn with a fixed signature inside path, and freeze it.
+
+    Returns (graph_def, placeholder tensor names, output tensor names).
+    """
     traced = tf.function(fn, input_signature=list(signature))
-    patch = keras3_cudnn_path() if keras3_cudnn else contextlib.nullcontext()
-    with patch:
+    with path:
         concrete = traced.get_concrete_function()
     frozen = convert_variables_to_constants_v2(concrete)
     graph_def = frozen.graph.as_graph_def()
@@ -233,13 +251,14 @@ def _make_case(
     padded_zero: fetch index -> bool array broadcastable to that fetch, True at the steps
     where the cuDNN graph gives zeros while Keras's CPU path does not (see module docstring).
     """
-    graph_def, inputs, outputs = _freeze(cudnn_fn, signature, keras3_cudnn=keras3)
+    cudnn_path = keras3_cudnn_path() if keras3 else contextlib.nullcontext()
+    graph_def, inputs, outputs = _freeze(cudnn_fn, signature, cudnn_path)
     cudnn = cudnn_nodes(graph_def)
     assert cudnn, (
         f"{name}: the frozen graph has no Cudnn* node (ops: "
         f"{sorted({n.op for n in graph_def.node})}); Keras did not take its cuDNN path"
     )
-    cpu_graph_def, cpu_inputs, cpu_outputs = _freeze(cpu_fn, signature, keras3_cudnn=False)
+    cpu_graph_def, cpu_inputs, cpu_outputs = _freeze(cpu_fn, signature, _cpu_path(keras3))
     assert not cudnn_nodes(cpu_graph_def), f"{name}: the CPU reference graph has a Cudnn* node"
     assert (cpu_inputs, cpu_outputs) == (inputs, outputs), (
         f"{name}: CPU and cuDNN graphs name their tensors differently: "
@@ -247,7 +266,7 @@ def _make_case(
     )
     assert len(inputs) == len(values), f"{name}: {len(inputs)} placeholders, {len(values)} values"
 
-    with _keras3_cpu_path_asserted():
+    with _cpu_path(keras3):
         expected = [np.asarray(t) for t in cpu_fn(*[tf.constant(v) for v in values])]
     assert len(expected) == len(outputs), f"{name}: {len(expected)} results, {len(outputs)} outputs"
 
@@ -270,14 +289,6 @@ def _make_case(
         cudnn=cudnn,
     )
 
-
-@contextlib.contextmanager
-def _keras3_cpu_path_asserted() -> Iterator[None]:
-    module = sys.modules.get(KERAS3_RNN_MODULE)
-    assert module is None or not module._is_gpu_available(), (
-        "Keras 3 thinks a GPU is present: the oracle would not be the CPU path"
-    )
-    yield
 
 
 def _uniform(rng: np.random.Generator, shape, scale: float = 0.6) -> np.ndarray:
@@ -375,7 +386,7 @@ def build_tf_keras_cudnn_lstm_sequences(seed: int = 0) -> FrozenCase:
         build_tf_keras_cudnn_lstm_sequences.__doc__,
         mode="lstm", seed=seed, batch=2, time=5, features=3, units=4,
         return_sequences=True, initial_state=False,
-    )  # fmt: skip
+    )
 
 
 def build_tf_keras_cudnn_lstm_initial_state(seed: int = 0) -> FrozenCase:
@@ -390,7 +401,7 @@ def build_tf_keras_cudnn_lstm_initial_state(seed: int = 0) -> FrozenCase:
         build_tf_keras_cudnn_lstm_initial_state.__doc__,
         mode="lstm", seed=seed, batch=2, time=6, features=5, units=3,
         return_sequences=False, initial_state=True,
-    )  # fmt: skip
+    )
 
 
 def build_tf_keras_cudnn_gru_sequences(seed: int = 0) -> FrozenCase:
@@ -406,7 +417,7 @@ def build_tf_keras_cudnn_gru_sequences(seed: int = 0) -> FrozenCase:
         build_tf_keras_cudnn_gru_sequences.__doc__,
         mode="gru", seed=seed, batch=3, time=4, features=4, units=5,
         return_sequences=True, initial_state=False,
-    )  # fmt: skip
+    )
 
 
 def build_tf_keras_cudnn_gru_initial_state_dynamic_batch(seed: int = 0) -> FrozenCase:
@@ -421,7 +432,7 @@ def build_tf_keras_cudnn_gru_initial_state_dynamic_batch(seed: int = 0) -> Froze
         build_tf_keras_cudnn_gru_initial_state_dynamic_batch.__doc__,
         mode="gru", seed=seed, batch=None, time=5, features=2, units=4,
         return_sequences=True, initial_state=True,
-    )  # fmt: skip
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,7 +493,7 @@ def build_keras3_lstm(seed: int = 0) -> FrozenCase:
     return _keras3_case(
         "keras3_lstm", build_keras3_lstm.__doc__, seed=seed, build_model=model,
         values=lambda rng: [_uniform(rng, (2, 5, 3), 1.0)],
-    )  # fmt: skip
+    )
 
 
 def build_keras3_gru_state_dynamic_batch(seed: int = 0) -> FrozenCase:
@@ -503,7 +514,7 @@ def build_keras3_gru_state_dynamic_batch(seed: int = 0) -> FrozenCase:
     return _keras3_case(
         "keras3_gru_state_dynamic_batch", build_keras3_gru_state_dynamic_batch.__doc__,
         seed=seed, build_model=model, values=lambda rng: [_uniform(rng, (3, 4, 3), 1.0)],
-    )  # fmt: skip
+    )
 
 
 def build_keras3_bidirectional_lstm(seed: int = 0) -> FrozenCase:
@@ -526,7 +537,7 @@ def build_keras3_bidirectional_lstm(seed: int = 0) -> FrozenCase:
     return _keras3_case(
         "keras3_bidirectional_lstm", build_keras3_bidirectional_lstm.__doc__, seed=seed,
         build_model=model, values=lambda rng: [_uniform(rng, (2, 5, 4), 1.0)],
-    )  # fmt: skip
+    )
 
 
 def build_keras3_stacked_lstm(seed: int = 0) -> FrozenCase:
@@ -545,7 +556,7 @@ def build_keras3_stacked_lstm(seed: int = 0) -> FrozenCase:
     return _keras3_case(
         "keras3_stacked_lstm", build_keras3_stacked_lstm.__doc__, seed=seed, build_model=model,
         values=lambda rng: [_uniform(rng, (3, 4, 2), 1.0)],
-    )  # fmt: skip
+    )
 
 
 def build_keras3_lstm_go_backwards_state(seed: int = 0) -> FrozenCase:
@@ -568,7 +579,7 @@ def build_keras3_lstm_go_backwards_state(seed: int = 0) -> FrozenCase:
     return _keras3_case(
         "keras3_lstm_go_backwards_state", build_keras3_lstm_go_backwards_state.__doc__,
         seed=seed, build_model=model, values=lambda rng: [_uniform(rng, (2, 6, 3), 1.0)],
-    )  # fmt: skip
+    )
 
 
 def build_keras3_lstm_initial_state(seed: int = 0) -> FrozenCase:
@@ -592,7 +603,7 @@ def build_keras3_lstm_initial_state(seed: int = 0) -> FrozenCase:
     return _keras3_case(
         "keras3_lstm_initial_state", build_keras3_lstm_initial_state.__doc__, seed=seed,
         build_model=model, values=values,
-    )  # fmt: skip
+    )
 
 
 MASKED_LENGTHS = (5, 3, 4)
@@ -625,7 +636,7 @@ def build_keras3_lstm_masked(seed: int = 0) -> FrozenCase:
         "keras3_lstm_masked", build_keras3_lstm_masked.__doc__, seed=seed, build_model=model,
         values=lambda rng: [_masked_input(rng, 3)],
         padded_zero=lambda _: {0: _padding(MASKED_LENGTHS, 5)},
-    )  # fmt: skip
+    )
 
 
 def build_keras3_gru_embedding_mask(seed: int = 0) -> FrozenCase:
@@ -651,7 +662,7 @@ def build_keras3_gru_embedding_mask(seed: int = 0) -> FrozenCase:
         "keras3_gru_embedding_mask", build_keras3_gru_embedding_mask.__doc__, seed=seed,
         build_model=model, values=values,
         padded_zero=lambda _: {0: _padding(MASKED_LENGTHS, 5)},
-    )  # fmt: skip
+    )
 
 
 def build_keras3_bidirectional_lstm_masked(seed: int = 0) -> FrozenCase:
@@ -676,7 +687,7 @@ def build_keras3_bidirectional_lstm_masked(seed: int = 0) -> FrozenCase:
     return _keras3_case(
         "keras3_bidirectional_lstm_masked", build_keras3_bidirectional_lstm_masked.__doc__,
         seed=seed, build_model=model, values=lambda rng: [_masked_input(rng, 2)],
-    )  # fmt: skip
+    )
 
 
 def build_keras3_lstm_go_backwards_masked(seed: int = 0) -> FrozenCase:
@@ -701,24 +712,27 @@ def build_keras3_lstm_go_backwards_masked(seed: int = 0) -> FrozenCase:
     return _keras3_case(
         "keras3_lstm_go_backwards_masked", build_keras3_lstm_go_backwards_masked.__doc__,
         seed=seed, build_model=model, values=lambda rng: [_masked_input(rng, 3)],
-    )  # fmt: skip
+    )
 
 
 BUILDERS: dict[str, Callable[[int], FrozenCase]] = {
-    "tf_keras_cudnn_lstm_sequences": build_tf_keras_cudnn_lstm_sequences,
-    "tf_keras_cudnn_lstm_initial_state": build_tf_keras_cudnn_lstm_initial_state,
-    "tf_keras_cudnn_gru_sequences": build_tf_keras_cudnn_gru_sequences,
-    "tf_keras_cudnn_gru_initial_state_dynamic_batch": build_tf_keras_cudnn_gru_initial_state_dynamic_batch,
-    "keras3_lstm": build_keras3_lstm,
-    "keras3_gru_state_dynamic_batch": build_keras3_gru_state_dynamic_batch,
-    "keras3_bidirectional_lstm": build_keras3_bidirectional_lstm,
-    "keras3_stacked_lstm": build_keras3_stacked_lstm,
-    "keras3_lstm_go_backwards_state": build_keras3_lstm_go_backwards_state,
-    "keras3_lstm_initial_state": build_keras3_lstm_initial_state,
-    "keras3_lstm_masked": build_keras3_lstm_masked,
-    "keras3_gru_embedding_mask": build_keras3_gru_embedding_mask,
-    "keras3_bidirectional_lstm_masked": build_keras3_bidirectional_lstm_masked,
-    "keras3_lstm_go_backwards_masked": build_keras3_lstm_go_backwards_masked,
+    build.__name__.removeprefix("build_"): build
+    for build in (
+        build_tf_keras_cudnn_lstm_sequences,
+        build_tf_keras_cudnn_lstm_initial_state,
+        build_tf_keras_cudnn_gru_sequences,
+        build_tf_keras_cudnn_gru_initial_state_dynamic_batch,
+        build_keras3_lstm,
+        build_keras3_gru_state_dynamic_batch,
+        build_keras3_bidirectional_lstm,
+        build_keras3_stacked_lstm,
+        build_keras3_lstm_go_backwards_state,
+        build_keras3_lstm_initial_state,
+        build_keras3_lstm_masked,
+        build_keras3_gru_embedding_mask,
+        build_keras3_bidirectional_lstm_masked,
+        build_keras3_lstm_go_backwards_masked,
+    )
 }
 
 

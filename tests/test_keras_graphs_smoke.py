@@ -27,6 +27,7 @@ def case(request, cases) -> kg.FrozenCase:
 
 
 def test_case_has_top_level_cudnn_rnn_v3(case):
+    assert kg.BUILDERS[case.name]  # each builder names its case after itself
     assert case.cudnn, case.name
     for node in case.cudnn:
         assert node.op == "CudnnRNNV3"
@@ -89,7 +90,8 @@ def test_padded_steps_keras_cpu_repeats_cudnn_zeros(cases):
         seq, valid, cudnn = case.expected[0], case.valid[0], case.cudnn_expected[0]
         for b, n in enumerate(lengths):
             assert valid[b, :n].all() and not valid[b, n:].any()
-            np.testing.assert_array_equal(seq[b, n:], np.broadcast_to(seq[b, n - 1], seq[b, n:].shape))
+            repeated = np.broadcast_to(seq[b, n - 1], seq[b, n:].shape)
+            np.testing.assert_array_equal(seq[b, n:], repeated)
             assert not cudnn[b, n:].any()
             np.testing.assert_array_equal(cudnn[b, :n], seq[b, :n])
         assert all(v is None for v in case.valid[1:])
