@@ -34,7 +34,7 @@ def main(original, converted, expected_path):
         print(f"{original}: unexpectedly ran on CPU")
     except tf.errors.OpError as exc:
         lines = [l for l in exc.message.splitlines() if "No OpKernel" in l] or [exc.message]
-        print(f"{original} on CPU: {type(exc).__name__}: {lines[0].strip().split(" used by")[0]}")
+        print(f"{original} on CPU: {type(exc).__name__}: {lines[0].strip().split(' used by')[0]}")
     got = run(converted, feeds, fetch)
     err = float(np.max(np.abs(got - data["expected"])))
     print(f"{converted} on CPU: output {got.shape}, max abs difference from Keras's CPU layers "

@@ -21,7 +21,8 @@ inlines function calls). In every case here the Cudnn nodes end up in the top-le
 list; ``graph_def.library`` is empty. :func:`cudnn_nodes` reports where they are anyway.
 
 Padded steps (Keras 3 with a mask). The cuDNN op writes zeros at steps ``t >= len[b]``
-(descriptors built with padding_fill 0) and ``_cudnn_lstm`` / ``_cudnn_gru`` return those
+(TensorFlow ``core/kernels/cudnn_rnn_ops.cc`` builds its data descriptors with padding fill
+0) and ``_cudnn_lstm`` / ``_cudnn_gru`` return those
 outputs as they are when ``return_sequences=True``. Keras's CPU loop instead repeats the
 previous output at masked steps (``zero_output_for_mask=False``, the RNN default), or writes
 zeros (``Bidirectional`` forces ``zero_output_for_mask=True`` when returning sequences).
@@ -36,8 +37,8 @@ Typical end-to-end use::
     case = build_keras3_lstm_masked(seed=0)
     converted = graphfix_convert(case.graph_def)
     got = run_graph_def(converted, case.feeds, case.fetches)
-    for g, e, v in zip(got, case.expected, case.valid):
-        np.testing.assert_allclose(g[v] if v is not None else g, ...)
+    assert_matches(case, got)                                  # valid steps vs Keras CPU
+    assert_matches(case, got, reference=case.cudnn_expected)   # every step vs cuDNN's zeros
 """
 
 from __future__ import annotations
@@ -145,6 +146,31 @@ def _params_ops(node, by_name) -> tuple[str, ...]:
             ops.append(producer.op)
         queue.extend(i for i in producer.input if not i.startswith("^"))
     return tuple(ops)
+
+
+def assert_matches(
+    case: FrozenCase,
+    got: Sequence[np.ndarray],
+    *,
+    reference: Sequence[np.ndarray] | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+) -> None:
+    """Compare got (one array per fetch) with case.expected at the case's valid steps.
+
+    reference: compare with these arrays at every step instead (e.g. case.cudnn_expected).
+    Default tolerances are for float32.
+    """
+    assert len(got) == len(case.fetches), f"{case.name}: {len(got)} results, {len(case.fetches)} fetches"
+    for index, g in enumerate(got):
+        want = case.expected[index] if reference is None else reference[index]
+        assert np.shape(g) == want.shape, f"{case.name} fetch {index}: {np.shape(g)} vs {want.shape}"
+        mask = case.valid[index] if reference is None else None
+        if mask is not None:
+            g, want = np.where(mask, g, 0), np.where(mask, want, 0)
+        np.testing.assert_allclose(
+            g, want, rtol=rtol, atol=atol, err_msg=f"{case.name} fetch {case.fetches[index]}"
+        )
 
 
 def run_graph_def(
