@@ -1,7 +1,8 @@
 """The public entry points. The CLI is a thin layer over these; they never print or exit.
 
     graph_def, report = graphfix.convert_graph_def(graph_def)     # in memory
-    report = graphfix.convert("model.pb", "model_cpu.pb")         # files
+    report = graphfix.convert("model.pb", "model_cpu.pb")         # frozen GraphDef files
+    report = graphfix.convert("model_dir", "model_dir_cpu")       # SavedModel directories
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import os
 from pathlib import Path
 
 from tensorflow.core.framework import graph_pb2
+from tensorflow.core.protobuf import saved_model_pb2
 
-from graphfix import model_io, rewrite
-from graphfix.errors import GraphfixError, InputError
+from graphfix import model_io, rewrite, saved_model_io
+from graphfix.errors import GraphfixError
 from graphfix.report import Report
 
 
@@ -39,8 +41,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force:
     """
     src = Path(src)
     if src.is_dir():
-        raise InputError("SavedModel directories are not supported yet; pass a frozen GraphDef (.pb/.pbtxt)",
-                         str(src))
+        return _convert_saved_model(src, dst, force)
     dst = Path(dst) if dst is not None else default_output_path(src)
     model_io.check_output_path(dst, force, source=src)
     graph_def = model_io.read_graph_def(src)
@@ -50,5 +51,33 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force:
         raise exc.at(str(src)) from None
     if report.changed:
         model_io.write_graph_def(converted, dst)
+        report.output = str(dst)
+    return report
+
+
+def convert_saved_model_proto(proto: saved_model_pb2.SavedModel, source: str = "<saved model>"):
+    """Return a converted copy of a SavedModel proto (every MetaGraph) and one merged Report."""
+    out = saved_model_pb2.SavedModel()
+    out.CopyFrom(proto)
+    report = Report(source=source)
+    for meta in out.meta_graphs:
+        tags = ",".join(meta.meta_info_def.tags) or "untagged"
+        where = source if len(out.meta_graphs) == 1 else f"{source} [MetaGraph {tags}]"
+        try:
+            converted, part = convert_graph_def(meta.graph_def, source=where)
+        except GraphfixError as exc:
+            raise exc.at(where) from None
+        meta.graph_def.CopyFrom(converted)
+        report.merge(part)
+    return out, report
+
+
+def _convert_saved_model(src: Path, dst, force: bool) -> Report:
+    dst = Path(dst) if dst is not None else saved_model_io.default_output_dir(src)
+    model_io.check_output_path(dst, force, source=src)
+    proto = saved_model_io.read_saved_model(src)
+    converted, report = convert_saved_model_proto(proto, source=str(src))
+    if report.changed:
+        saved_model_io.write_saved_model(src, converted, dst, force)
         report.output = str(dst)
     return report

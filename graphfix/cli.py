@@ -1,4 +1,4 @@
-"""Command line: `python -m graphfix MODEL [-o OUT] [--force]`.
+"""Command line: `python -m graphfix MODEL [-o OUT] [--force]`; MODEL is a SavedModel dir or a GraphDef.
 
 Exit codes: 0 converted (or nothing to convert), 1 internal error, 2 unreadable input,
 3 params buffer fits no layout, 4 unsupported op or configuration, 5 output not writable.
@@ -22,7 +22,8 @@ exit codes:
   5  the output cannot be written (exists without --force, not writable, disk full)
 
 examples:
-  python -m graphfix model.pb                 # writes model_cpu.pb
+  python -m graphfix model_dir/               # SavedModel: writes model_dir_cpu/
+  python -m graphfix model.pb                 # frozen GraphDef: writes model_cpu.pb
   python -m graphfix model.pbtxt -o cpu.pbtxt --force
 """
 
@@ -33,9 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rewrite TensorFlow cuDNN RNN ops (CudnnRNN, CudnnRNNV2, CudnnRNNV3 and their "
                     "params helpers) into standard ops, so a GPU-trained model runs on CPU.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="frozen GraphDef: binary .pb or text .pbtxt")
-    parser.add_argument("-o", "--output", help="where to write the converted model (default: MODEL_cpu.pb, "
-                                               "same format as the input)")
+    parser.add_argument("model", help="a SavedModel directory, or a frozen GraphDef (binary .pb or text .pbtxt)")
+    parser.add_argument("-o", "--output", help="where to write the converted model (default: MODEL_DIR_cpu/ "
+                                               "for a SavedModel, MODEL_cpu.pb for a GraphDef, same format "
+                                               "as the input)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's own logs")

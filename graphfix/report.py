@@ -49,6 +49,14 @@ class Report:
     def changed(self) -> bool:
         return bool(self.ops or self.helpers)
 
+    def merge(self, other: "Report") -> None:
+        """Add another part's findings (e.g. one MetaGraph of a SavedModel)."""
+        self.ops += other.ops
+        self.helpers += other.helpers
+        self.warnings += other.warnings
+        self.removed_nodes += other.removed_nodes
+        self.cleared_devices += other.cleared_devices
+
     def lines(self) -> list[str]:
         """Human-readable report, one item per line."""
         out = [f"converted {len(self.ops)} cuDNN RNN op(s) in {self.source}"]
