@@ -161,10 +161,10 @@ def assert_matches(
     reference: compare with these arrays at every step instead (e.g. case.cudnn_expected).
     Default tolerances are for float32.
     """
-    assert len(got) == len(case.fetches), f"{case.name}: {len(got)} results, {len(case.fetches)} fetches"
+    assert len(got) == len(case.fetches), f"{case.name}: {len(got)} results for {case.fetches}"
     for index, g in enumerate(got):
         want = case.expected[index] if reference is None else reference[index]
-        assert np.shape(g) == want.shape, f"{case.name} fetch {index}: {np.shape(g)} vs {want.shape}"
+        assert np.shape(g) == want.shape, f"{case.name} fetch {index}: shape {np.shape(g)}"
         mask = case.valid[index] if reference is None else None
         if mask is not None:
             g, want = np.where(mask, g, 0), np.where(mask, want, 0)
@@ -316,7 +316,6 @@ def _make_case(
     )
 
 
-
 def _uniform(rng: np.random.Generator, shape, scale: float = 0.6) -> np.ndarray:
     """Distinct random float32 values in (-scale, scale); never constant fills."""
     return rng.uniform(-scale, scale, size=shape).astype(np.float32)
@@ -374,6 +373,10 @@ def _tf_keras_case(
     cpu_layer.build((batch, time, features))
     cudnn_weights = _random_weights(rng, cudnn_layer.get_weights())
     cudnn_layer.set_weights(cudnn_weights)
+    # Not a plain transpose: each gate's [I, H] kernel slice is flattened straight into the
+    # params buffer, which cuDNN reads as a row-major [H, I] matrix, so the conversion is
+    # kernel.T.reshape(kernel.shape, order="F") per gate (recurrent kernels: a transpose);
+    # for LSTM the two bias halves are summed.
     cpu_layer.set_weights(preprocess_weights_for_loading(cpu_layer, cudnn_weights))
 
     signature = [tf.TensorSpec([batch, time, features], tf.float32, name="x")]

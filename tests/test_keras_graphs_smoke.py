@@ -114,3 +114,10 @@ def test_masked_final_state_is_last_valid_output(cases):
     seq, h = case.expected[0], case.expected[1]
     for b, n in enumerate(kg.MASKED_LENGTHS):
         np.testing.assert_array_equal(h[b], seq[b, n - 1])
+
+
+def test_assert_matches_skips_padded_steps_only_against_expected(cases):
+    case = cases["keras3_lstm_masked"]
+    kg.assert_matches(case, case.cudnn_expected)
+    with pytest.raises(AssertionError):
+        kg.assert_matches(case, case.expected, reference=case.cudnn_expected)
