@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
+    # Progress ("converting ...") goes to stderr as INFO; --quiet keeps only warnings.
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="graphfix: %(message)s")
     from graphfix import api  # after the env var: importing TensorFlow reads it
     from graphfix.errors import GraphfixError
 

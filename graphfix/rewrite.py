@@ -96,7 +96,7 @@ class _Shapes:
                 with base.as_default():
                     self.graph = function_def_to_graph.function_def_to_graph(body.container)
         except Exception as exc:  # shapes are a help, not a need: fall back to params sizes
-            log.info("static shapes unavailable for %s: %s", body.where, exc)
+            log.debug("static shapes unavailable for %s: %s", body.where, exc)
 
     def input_shape(self, node_name: str, index: int) -> tf.TensorShape:
         if self.graph is None:
@@ -119,6 +119,7 @@ def _rewrite_body(ctx: _Context, body: Body) -> None:
             "convert the inference graph instead", f"{body.where}, node {backprop[0].name!r}")
     for node in nodes:
         if node.op in FORWARD_OPS:
+            log.info("converting %s %r (%s)", node.op, node.name, body.where)
             params_ref = _convert_forward(ctx, body, node, shapes, folder)
             if params_ref is not None:
                 folded_params.append(params_ref)
