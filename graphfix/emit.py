@@ -25,6 +25,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from graphfix import gates
 from graphfix.layout import RnnSpec, pieces
 from graphfix.weights import graph_weights, weight_slots
 
@@ -48,11 +49,11 @@ class _TfOps:
     add = staticmethod(tf.add)
 
 
-def unpack_params_tensor(params: tf.Tensor, spec: RnnSpec) -> list[tf.Tensor]:
-    """In-graph twin of `weights.graph_weights_from_buffer`: params [N] -> weight slots."""
+def unpack_params_tensor(params: tf.Tensor, spec: RnnSpec, gate_order: str = gates.CUDNN) -> list[tf.Tensor]:
+    """In-graph twin of `weights.graph_weights_from_buffer`: params [N] (gates in `gate_order`) -> weight slots."""
     def get_piece(p):
         return tf.reshape(tf.slice(params, [p.offset], [p.size]), p.shape)
-    return graph_weights(get_piece, spec, _TfOps)
+    return graph_weights(gates.reading(get_piece, spec, gate_order), spec, _TfOps)
 
 
 def _cell_step(spec: RnnSpec, x_t, h, c, recurrent_kernel, recurrent_bias, projection):
@@ -196,10 +197,10 @@ def trace_rnn(call: RnnCall, name: str) -> TracedFunction:
     return _trace(forward, signature, name)
 
 
-def trace_params_unpack(spec: RnnSpec, dtype: tf.DType, name: str) -> TracedFunction:
+def trace_params_unpack(spec: RnnSpec, dtype: tf.DType, name: str, gate_order: str = gates.CUDNN) -> TracedFunction:
     """Trace params [N] -> the RNN function's weight inputs (for params known at run time)."""
     signature = [tf.TensorSpec([None], dtype, "params")]
-    return _trace(lambda params: unpack_params_tensor(params, spec), signature, name)
+    return _trace(lambda params: unpack_params_tensor(params, spec, gate_order), signature, name)
 
 
 def trace_params_to_canonical(spec: RnnSpec, dtype: tf.DType, name: str) -> TracedFunction:

@@ -23,11 +23,13 @@ class ConvertedOp:
     time_major: bool
     sequence_lengths: str  # "none" | "constant" | "run time"
     params: str            # "folded to constants" | "sliced in-graph (not constant: ...)"
+    gate_order: str = "ifco"  # how the params buffer ordered LSTM gates (graphfix.gates)
 
     def summary(self) -> str:
         direction = "bidirectional" if self.bidirectional else "unidirectional"
         proj = f", num_proj {self.num_proj}" if self.num_proj else ""
-        return (f"{self.op} {self.node!r} ({self.where}): {self.mode}, {self.num_layers} layer(s), "
+        gates = f", gates {self.gate_order}" if self.gate_order != "ifco" else ""
+        return (f"{self.op} {self.node!r} ({self.where}): {self.mode}{gates}, {self.num_layers} layer(s), "
                 f"{direction}, input {self.input_size}, units {self.num_units}{proj}, {self.dtype}, "
                 f"{'time-major' if self.time_major else 'batch-major'}, "
                 f"sequence lengths: {self.sequence_lengths}, params {self.params}")
@@ -42,6 +44,8 @@ class Report:
     ops: list[ConvertedOp] = dataclasses.field(default_factory=list)
     helpers: list[str] = dataclasses.field(default_factory=list)   # "CudnnRNNParamsSize 'n' -> Const"
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # (function, reason) for uncalled functions kept as they were (they never run)
+    left_unchanged: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     removed_nodes: int = 0
     cleared_devices: int = 0
 
@@ -54,6 +58,7 @@ class Report:
         self.ops += other.ops
         self.helpers += other.helpers
         self.warnings += other.warnings
+        self.left_unchanged += other.left_unchanged
         self.removed_nodes += other.removed_nodes
         self.cleared_devices += other.cleared_devices
 
@@ -66,6 +71,15 @@ class Report:
             out.append(f"  removed {self.removed_nodes} node(s) that only built the old params buffers")
         if self.cleared_devices:
             out.append(f"  cleared the GPU device placement of {self.cleared_devices} node(s)")
+        if self.left_unchanged:
+            out.append(f"  left {len(self.left_unchanged)} function(s) with cuDNN ops as they were: nothing in the "
+                       "model calls them, so they never run (tf_keras keeps GPU variants and gradients so):")
+            by_reason: dict[str, list[str]] = {}
+            for function, reason in self.left_unchanged:
+                by_reason.setdefault(reason, []).append(function)
+            for reason, functions in by_reason.items():
+                shown = ", ".join(functions[:2]) + (f" and {len(functions) - 2} more" if len(functions) > 2 else "")
+                out.append(f"    {len(functions)} because {reason}: {shown}")
         out += [f"warning: {w}" for w in self.warnings]
         if self.output:
             out.append(f"wrote {self.output}")

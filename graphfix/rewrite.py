@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.python.framework import function_def_to_graph, op_def_registry
 
-from graphfix import emit, layout, weights
+from graphfix import emit, gates, layout, weights
 from graphfix.errors import GraphfixError, LayoutError, UnsupportedError
 from graphfix.graph import Body, FunctionBody, GraphBody, TensorRef, is_cudnn
 from graphfix.report import ConvertedOp, Report
@@ -34,24 +35,86 @@ PARAMS_TO_CANONICAL = ("CudnnRNNParamsToCanonical", "CudnnRNNParamsToCanonicalV2
 TRAINING_OUTPUTS = {3: "reserve_space", 4: "host_reserved"}
 
 
-def convert_graph_def(graph_def: graph_pb2.GraphDef, source: str = "<graph>") -> tuple[graph_pb2.GraphDef, Report]:
+def convert_graph_def(graph_def: graph_pb2.GraphDef, source: str = "<graph>",
+                      gate_order: str = gates.CUDNN, roots=()) -> tuple[graph_pb2.GraphDef, Report]:
     """Return a copy of `graph_def` with every cuDNN RNN op replaced, and the report.
 
     The input is not modified. Raises a GraphfixError subclass naming the node when an op
-    cannot be converted; nothing is returned then.
+    cannot be converted; nothing is returned then. gate_order: how LSTM params buffers order
+    their gates (`graphfix.gates`; "ifoc" for ROCm builds of Keras). roots: functions callable
+    from outside the graph (a SavedModel's saved concrete functions). A library function
+    that neither the graph nor a root calls is converted when possible and otherwise left
+    as it is, listed in `report.left_unchanged`: it never runs.
     """
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
-    ctx = _Context(out, Report(source=source))
+    ctx = _Context(out, Report(source=source), gates.check(gate_order))
+    live = reachable_functions(out, roots)
+    left_alone = set()
     for body in [GraphBody(out)] + [FunctionBody(f) for f in list(out.library.function)]:
-        if any(is_cudnn(n.op) for n in body.nodes):
+        if not any(is_cudnn(n.op) for n in body.nodes):
+            continue
+        if isinstance(body, GraphBody) or body.container.signature.name in live:
             _rewrite_body(ctx, body)
+        elif not _try_rewrite_dead_function(ctx, body):
+            left_alone.add(body.container.signature.name)
     ctx.report.cleared_devices = _clear_gpu_devices(out)
     left = [f"{b.where}: {n.name} ({n.op})" for b in [GraphBody(out)] + [FunctionBody(f) for f in out.library.function]
+            if not (isinstance(b, FunctionBody) and b.container.signature.name in left_alone)
             for n in b.nodes if is_cudnn(n.op)]
     if left:  # a handler bug, never user error: fail loudly rather than write a GPU-only graph
         raise GraphfixError("cuDNN ops left after conversion: " + ", ".join(left))
     return out, ctx.report
+
+
+def _short_reason(reason: str) -> str:
+    """The general part of a refusal, so that the report can group functions by it."""
+    return reason.split(":")[0].split(" (")[0]
+
+
+def reachable_functions(graph_def: graph_pb2.GraphDef, roots=()) -> set[str]:
+    """Library functions the graph's nodes, or the named root functions, can call."""
+    library = {f.signature.name: f for f in graph_def.library.function}
+    seen: set[str] = set()
+    stack = list(roots) + list(_called_functions(graph_def.node))
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in library:
+            continue
+        seen.add(name)
+        stack.extend(_called_functions(library[name].node_def))
+    return seen
+
+
+def _called_functions(nodes):
+    for node in nodes:
+        for value in node.attr.values():
+            if value.HasField("func"):
+                yield value.func.name
+            yield from (f.name for f in value.list.func)
+
+
+def _try_rewrite_dead_function(ctx: "_Context", body: FunctionBody) -> bool:
+    """Convert a function nothing calls if possible; else restore it and say why. Returns success.
+
+    tf_keras SavedModels keep GPU-only variants and gradient functions of every LSTM/GRU
+    that no signature calls; they never run on CPU, and some (gradients, training-only
+    forward passes) cannot be converted. Leaving those as they are is correct.
+    """
+    library = ctx.graph_def.library.function
+    saved = type(body.container)()
+    saved.CopyFrom(body.container)
+    count, ops, helpers = len(library), len(ctx.report.ops), len(ctx.report.helpers)
+    try:
+        _rewrite_body(ctx, body)
+        return True
+    except GraphfixError as exc:
+        del library[count:]
+        body.container.CopyFrom(saved)
+        del ctx.report.ops[ops:]
+        del ctx.report.helpers[helpers:]
+        ctx.report.left_unchanged.append((body.container.signature.name, _short_reason(exc.reason)))
+        return False
 
 
 def find_cudnn_nodes(graph_def: graph_pb2.GraphDef) -> list[tuple[str, node_def_pb2.NodeDef]]:
@@ -64,6 +127,7 @@ def find_cudnn_nodes(graph_def: graph_pb2.GraphDef) -> list[tuple[str, node_def_
 class _Context:
     graph_def: graph_pb2.GraphDef
     report: Report
+    gate_order: str = gates.CUDNN
     _shape_graph: tf.Graph | None = None
 
     def add_function(self, traced: emit.TracedFunction) -> None:
@@ -83,13 +147,16 @@ class _Context:
         return self._shape_graph
 
 
-class _Shapes:
-    """Static input shapes of nodes in one body (TensorShape, possibly unknown)."""
+class Shapes:
+    """Static input shapes of nodes in one body (TensorShape, possibly unknown).
 
-    def __init__(self, ctx: _Context, body: Body):
+    base: returns the whole GraphDef imported into a tf.Graph (called at most once here).
+    """
+
+    def __init__(self, base: Callable[[], tf.Graph], body: Body):
         self.graph = None
         try:
-            base = ctx.shape_graph()
+            base = base()
             if isinstance(body, GraphBody):
                 self.graph = base
             else:
@@ -108,7 +175,7 @@ class _Shapes:
 
 
 def _rewrite_body(ctx: _Context, body: Body) -> None:
-    shapes = _Shapes(ctx, body)
+    shapes = Shapes(ctx.shape_graph, body)
     folder = Folder(body)
     folded_params: list[TensorRef] = []
     nodes = list(body.nodes)
@@ -154,10 +221,47 @@ def _where(body: Body, node) -> str:
     return f"{body.where}, node {node.name!r} ({node.op})"
 
 
-def _convert_forward(ctx, body, node, shapes: _Shapes, folder: Folder) -> TensorRef | None:
-    """Replace one CudnnRNN/V2/V3 node. Returns the params ref when it was folded."""
+@dataclasses.dataclass
+class ForwardOp:
+    """What one CudnnRNN/V2/V3 node computes, read from its attributes and static shapes.
+
+    Nothing is rewritten: conversion, `graphfix.inspect` and `graphfix.verify` all start here.
+    params: the folded params buffer [N] as stored (in `gate_order`), or None when it is not
+    constant (params_why_not says why). lengths: the folded V3 sequence_lengths [B] or None.
+    """
+
+    where: str                 # the body's place: "graph" or "function NAME"
+    node: str
+    op: str                    # CudnnRNN | CudnnRNNV2 | CudnnRNNV3
+    spec: layout.RnnSpec
+    dtype: tf.DType
+    time_major: bool
+    input_mode_attr: str
+    gate_order: str
+    params_ref: TensorRef
+    params: np.ndarray | None
+    params_why_not: str | None
+    lengths_ref: TensorRef | None
+    lengths: np.ndarray | None
+    x_shape: tf.TensorShape
+    warnings: list[str]
+
+    @property
+    def call(self) -> emit.RnnCall:
+        return emit.RnnCall(self.spec, self.dtype, self.time_major, self.op == "CudnnRNNV3",
+                            4 if self.op == "CudnnRNN" else 5)
+
+    @property
+    def sequence_lengths(self) -> str:
+        """"none" (V1/V2), "constant" or "run time"."""
+        if self.lengths_ref is None:
+            return "none"
+        return "constant" if self.lengths is not None else "run time"
+
+
+def read_forward_op(body: Body, node, shapes: "Shapes", folder: Folder, gate_order: str = gates.CUDNN) -> ForwardOp:
+    """Read a CudnnRNN/V2/V3 node's configuration; raise a GraphfixError naming it if it fits no layout."""
     where = _where(body, node)
-    _refuse_training_consumers(body, node, where)
     mode, direction = _attr(node, "rnn_mode"), _attr(node, "direction")
     dtype = _attr(node, "T")
     time_major = node.op != "CudnnRNNV3" or _attr(node, "time_major") is not False
@@ -168,10 +272,14 @@ def _convert_forward(ctx, body, node, shapes: _Shapes, folder: Folder) -> Tensor
         raise UnsupportedError(f"attribute direction={direction!r} is not unidirectional/bidirectional", where)
     if dtype not in (tf.float16, tf.bfloat16, tf.float32, tf.float64):
         raise UnsupportedError(f"attribute T={dtype!r} is not a float type cuDNN RNNs accept", where)
+    warnings = []
     if _attr(node, "is_training") and (_attr(node, "dropout") or 0) > 0:
-        ctx.report.warnings.append(
+        warnings.append(
             f"{where}: dropout={_attr(node, 'dropout')} with is_training=true; the CPU graph computes "
             "inference (no dropout), as a deployed model should")
+    if gate_order != gates.CUDNN and mode != "lstm":
+        warnings.append(f"{where}: gate order {gate_order} applies to LSTM gates only; this {mode} op is read in "
+                        "cuDNN's order")
     num_dirs = 2 if direction == "bidirectional" else 1
 
     inputs = body.data_inputs(node)
@@ -215,48 +323,56 @@ def _convert_forward(ctx, body, node, shapes: _Shapes, folder: Folder) -> Tensor
             f"(attrs rnn_mode={mode}, direction={direction}, input_mode={input_mode_attr}, num_proj={num_proj}) "
             f"needs {layout.params_size(spec)}", where)
 
-    has_lengths = node.op == "CudnnRNNV3"
-    call = emit.RnnCall(spec, dtype, time_major, has_lengths, 4 if node.op == "CudnnRNN" else 5)
+    lengths_ref = inputs[4] if node.op == "CudnnRNNV3" else None
+    lengths = folder.fold(lengths_ref) if lengths_ref is not None else None
+    return ForwardOp(where=body.where, node=node.name, op=node.op, spec=spec, dtype=dtype, time_major=time_major,
+                     input_mode_attr=input_mode_attr, gate_order=gate_order, params_ref=params_ref, params=params,
+                     params_why_not=None if params is not None else folder.why_not.get(params_ref, "not constant"),
+                     lengths_ref=lengths_ref, lengths=lengths, x_shape=x_shape, warnings=warnings)
+
+
+def _convert_forward(ctx, body, node, shapes: "Shapes", folder: Folder) -> TensorRef | None:
+    """Replace one CudnnRNN/V2/V3 node. Returns the params ref when it was folded."""
+    _refuse_training_consumers(body, node, _where(body, node))
+    fop = read_forward_op(body, node, shapes, folder, ctx.gate_order)
+    ctx.report.warnings += fop.warnings
+    spec, dtype, call = fop.spec, fop.dtype, fop.call
     fname = _function_name(body, node)
     traced = emit.trace_rnn(call, fname)
     ctx.add_function(traced)
 
-    if params is not None:
-        weight_refs = _add_weight_consts(body, node.name, weights.graph_weights_from_buffer(params, spec), spec)
+    if fop.params is not None:
+        ordered = gates.to_cudnn_order(fop.params, spec, fop.gate_order)
+        weight_refs = _add_weight_consts(body, node.name, weights.graph_weights_from_buffer(ordered, spec), spec)
         params_note = "folded to constants"
     else:
-        unpack = emit.trace_params_unpack(spec, dtype, fname + "_unpack_params")
+        unpack = emit.trace_params_unpack(spec, dtype, fname + "_unpack_params", fop.gate_order)
         ctx.add_function(unpack)
         unpack_name = f"{node.name}/graphfix/unpack_params"
         _add_call(body, unpack_name, unpack, [node.input[3]], [])
         weight_refs = [body.format_ref(unpack_name, i) for i in range(len(unpack.output_types))]
-        params_note = f"sliced in-graph ({folder.why_not.get(params_ref, 'not constant')})"
+        params_note = f"sliced in-graph ({fop.params_why_not})"
 
-    lengths_note = "none"
     data = list(node.input[:3])
-    if has_lengths:
+    if call.has_sequence_lengths:
         data.append(node.input[4])
-        lengths_note = "constant" if folder.fold(inputs[4]) is not None else "run time"
     controls = [i for i in node.input if i.startswith("^")]
     body.rewrite_output_refs(node.name)
     _replace_with_call(node, traced, data + weight_refs, controls)
 
     ctx.report.ops.append(ConvertedOp(
-        where=body.where, node=node.name, op=_original_op(call), mode=mode, num_layers=num_layers,
-        bidirectional=num_dirs == 2, input_size=input_size, num_units=units, num_proj=num_proj,
-        input_mode=input_mode, dtype=dtype.name, time_major=time_major, sequence_lengths=lengths_note,
-        params=params_note))
-    return params_ref if params is not None else None
+        where=body.where, node=node.name, op=fop.op, mode=spec.mode, num_layers=spec.num_layers,
+        bidirectional=spec.num_dirs == 2, input_size=spec.input_size, num_units=spec.num_units,
+        num_proj=spec.num_proj, input_mode=spec.input_mode, dtype=dtype.name, time_major=fop.time_major,
+        sequence_lengths=fop.sequence_lengths, params=params_note,
+        gate_order=fop.gate_order if gates.applies(spec, fop.gate_order) else gates.CUDNN))
+    return fop.params_ref if fop.params is not None else None
 
 
 def _function_name(body: Body, node) -> str:
     """Library name for a node's replacement; function bodies prefix their own name."""
     path = f"{body.container.signature.name}/{node.name}" if isinstance(body, FunctionBody) else node.name
     return emit.function_name_for(path)
-
-
-def _original_op(call: emit.RnnCall) -> str:
-    return "CudnnRNNV3" if call.has_sequence_lengths else ("CudnnRNN" if call.num_outputs == 4 else "CudnnRNNV2")
 
 
 def _solve_input_size(count, mode, layers, units, dirs, input_mode, num_proj, where, node):
