@@ -13,18 +13,20 @@ from pathlib import Path
 from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-from graphfix import model_io, rewrite, saved_model_io
-from graphfix.errors import GraphfixError
+from graphfix import gates, model_io, rewrite, saved_model_io
+from graphfix.errors import GraphfixError, VerificationError
 from graphfix.report import Report
 
 
-def convert_graph_def(graph_def: graph_pb2.GraphDef, source: str = "<graph>") -> tuple[graph_pb2.GraphDef, Report]:
+def convert_graph_def(graph_def: graph_pb2.GraphDef, source: str = "<graph>",
+                      gate_order: str = gates.CUDNN) -> tuple[graph_pb2.GraphDef, Report]:
     """Return a new GraphDef with every cuDNN RNN op replaced by standard ops, and a Report.
 
     `graph_def` is not modified. Raises GraphfixError (LayoutError, UnsupportedError, ...)
-    naming the node when an op cannot be converted.
+    naming the node when an op cannot be converted. gate_order: "ifoc" for LSTM params
+    exported by ROCm builds of Keras (`graphfix.gates`).
     """
-    return rewrite.convert_graph_def(graph_def, source=source)
+    return rewrite.convert_graph_def(graph_def, source=source, gate_order=gate_order)
 
 
 def default_output_path(src: Path) -> Path:
@@ -32,30 +34,38 @@ def default_output_path(src: Path) -> Path:
     return src.with_name(f"{src.stem}_cpu{src.suffix}")
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force: bool = False) -> Report:
+def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force: bool = False,
+            gate_order: str = gates.CUDNN, verify: bool = False) -> Report:
     """Convert the model file at `src` and write the result to `dst` (default: `*_cpu.*`).
 
     The input is never modified; the output is written atomically and only when the whole
     conversion succeeded. Raises GraphfixError on any refusal, with nothing written.
     A model without cuDNN ops is reported (`report.changed` is False) and nothing is written.
+    verify: check the conversion first (`graphfix.verify`, result in `report.verification`);
+    raise VerificationError, writing nothing, if it fails.
     """
     src = Path(src)
+    gates.check(gate_order)
     if src.is_dir():
-        return _convert_saved_model(src, dst, force)
+        return _convert_saved_model(src, dst, force, gate_order, verify)
     dst = Path(dst) if dst is not None else default_output_path(src)
     model_io.check_output_path(dst, force, source=src)
     graph_def = model_io.read_graph_def(src)
     try:
-        converted, report = convert_graph_def(graph_def, source=str(src))
+        converted, report = convert_graph_def(graph_def, source=str(src), gate_order=gate_order)
     except GraphfixError as exc:
         raise exc.at(str(src)) from None
     if report.changed:
+        if verify:
+            from graphfix import verify as checks
+            _require(report, checks.verify_graph_def(graph_def, converted, report, gate_order), src)
         model_io.write_graph_def(converted, dst)
         report.output = str(dst)
     return report
 
 
-def convert_saved_model_proto(proto: saved_model_pb2.SavedModel, source: str = "<saved model>"):
+def convert_saved_model_proto(proto: saved_model_pb2.SavedModel, source: str = "<saved model>",
+                              gate_order: str = gates.CUDNN):
     """Return a converted copy of a SavedModel proto (every MetaGraph) and one merged Report."""
     out = saved_model_pb2.SavedModel()
     out.CopyFrom(proto)
@@ -64,7 +74,9 @@ def convert_saved_model_proto(proto: saved_model_pb2.SavedModel, source: str = "
         tags = ",".join(meta.meta_info_def.tags) or "untagged"
         where = source if len(out.meta_graphs) == 1 else f"{source} [MetaGraph {tags}]"
         try:
-            converted, part = convert_graph_def(meta.graph_def, source=where)
+            converted, part = rewrite.convert_graph_def(
+                meta.graph_def, source=where, roots=list(meta.object_graph_def.concrete_functions),
+                gate_order=gate_order)
         except GraphfixError as exc:
             raise exc.at(where) from None
         meta.graph_def.CopyFrom(converted)
@@ -72,12 +84,22 @@ def convert_saved_model_proto(proto: saved_model_pb2.SavedModel, source: str = "
     return out, report
 
 
-def _convert_saved_model(src: Path, dst, force: bool) -> Report:
+def _require(report: Report, verification, src: Path) -> None:
+    """Attach a verification to the report; raise VerificationError if it failed."""
+    report.verification = verification
+    if not verification.ok:
+        raise VerificationError(verification.failure(), str(src), report=report)
+
+
+def _convert_saved_model(src: Path, dst, force: bool, gate_order: str = gates.CUDNN, verify: bool = False) -> Report:
     dst = Path(dst) if dst is not None else saved_model_io.default_output_dir(src)
     model_io.check_output_path(dst, force, source=src)
     proto = saved_model_io.read_saved_model(src)
-    converted, report = convert_saved_model_proto(proto, source=str(src))
+    converted, report = convert_saved_model_proto(proto, source=str(src), gate_order=gate_order)
     if report.changed:
+        if verify:
+            from graphfix import verify as checks
+            _require(report, checks.verify_saved_model(src, proto, converted, report, gate_order), src)
         saved_model_io.write_saved_model(src, converted, dst, force)
         report.output = str(dst)
     return report

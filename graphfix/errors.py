@@ -45,3 +45,16 @@ class OutputError(GraphfixError):
     """The output cannot be written (exists without --force, not writable, disk full)."""
 
     exit_code = 5
+
+
+class VerificationError(GraphfixError):
+    """--verify: a converted op differs from the cuDNN reference, or the converted model does not run.
+
+    `report` is the conversion's Report, whose `verification` holds every op's errors.
+    """
+
+    exit_code = 6
+
+    def __init__(self, message: str, where: str | None = None, report=None):
+        super().__init__(message, where)
+        self.report = report

@@ -48,6 +48,7 @@ class Report:
     left_unchanged: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     removed_nodes: int = 0
     cleared_devices: int = 0
+    verification: object = None  # graphfix.verify.Verification, when --verify ran
 
     @property
     def changed(self) -> bool:
@@ -81,6 +82,8 @@ class Report:
                 shown = ", ".join(functions[:2]) + (f" and {len(functions) - 2} more" if len(functions) > 2 else "")
                 out.append(f"    {len(functions)} because {reason}: {shown}")
         out += [f"warning: {w}" for w in self.warnings]
+        if self.verification is not None:
+            out += self.verification.lines()
         if self.output:
             out.append(f"wrote {self.output}")
         return out
