@@ -140,6 +140,11 @@ def _convert(args) -> int:
     from graphfix import api
     report = api.convert(args.model, args.output, force=args.force, gate_order=args.gate_order,
                          verify=args.verify)
+    if not report.changed and report.left_unchanged:
+        print(f"{args.model}: cuDNN ops only in {len(report.left_unchanged)} function(s) that nothing in the model "
+              "calls (tf_keras keeps GPU variants and gradients so); the model already runs on CPU as it is; "
+              "nothing to convert, nothing written")
+        return 0
     if not report.changed:
         print(f"{args.model}: no cuDNN RNN op found; nothing to convert, nothing written")
         return 0

@@ -68,21 +68,31 @@ def check_output_path(path: Path, force: bool, source: Path | None = None) -> No
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file and rename; leave nothing behind on failure."""
+    """Write `data` to `path` via a temporary file and rename; leave nothing behind on failure.
+
+    The file gets the usual mode for new files (0666 less the umask), not mkstemp's 0600,
+    so that a serving process under another account can read it.
+    """
     parent = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except OSError as exc:
-        try:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass  # already gone: os.replace succeeded or mkstemp's file was removed
         raise OutputError(f"cannot write: {exc.strerror or exc}", str(path)) from None
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_graph_def(graph_def: graph_pb2.GraphDef, path: Path) -> None:

@@ -44,7 +44,7 @@ class Report:
     ops: list[ConvertedOp] = dataclasses.field(default_factory=list)
     helpers: list[str] = dataclasses.field(default_factory=list)   # "CudnnRNNParamsSize 'n' -> Const"
     warnings: list[str] = dataclasses.field(default_factory=list)
-    # (function, reason) for uncalled functions kept as they were (they never run)
+    # (function, its cuDNN op types) for uncalled functions kept as they were (they never run)
     left_unchanged: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     removed_nodes: int = 0
     cleared_devices: int = 0
@@ -75,12 +75,12 @@ class Report:
         if self.left_unchanged:
             out.append(f"  left {len(self.left_unchanged)} function(s) with cuDNN ops as they were: nothing in the "
                        "model calls them, so they never run (tf_keras keeps GPU variants and gradients so):")
-            by_reason: dict[str, list[str]] = {}
-            for function, reason in self.left_unchanged:
-                by_reason.setdefault(reason, []).append(function)
-            for reason, functions in by_reason.items():
+            by_ops: dict[str, list[str]] = {}
+            for function, ops in self.left_unchanged:
+                by_ops.setdefault(ops, []).append(function)
+            for ops, functions in by_ops.items():
                 shown = ", ".join(functions[:2]) + (f" and {len(functions) - 2} more" if len(functions) > 2 else "")
-                out.append(f"    {len(functions)} because {reason}: {shown}")
+                out.append(f"    {len(functions)} holding {ops}: {shown}")
         out += [f"warning: {w}" for w in self.warnings]
         if self.verification is not None:
             out += self.verification.lines()

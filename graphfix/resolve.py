@@ -75,6 +75,10 @@ class Folder:
             if node.op not in PURE_OPS:
                 self.why_not[ref] = f"it depends on node {name!r} (op {node.op})"
                 return None
+            args = [r.node for r in self.body.data_inputs(node) if r.is_arg]
+            if args:
+                self.why_not[ref] = f"it depends on the function argument {args[0]!r}"
+                return None
         if ref.node in substitutes:
             return substitutes[ref.node]
         return _run_subgraph(self.body, names, substitutes, ref)

@@ -43,8 +43,8 @@ def convert_graph_def(graph_def: graph_pb2.GraphDef, source: str = "<graph>",
     cannot be converted; nothing is returned then. gate_order: how LSTM params buffers order
     their gates (`graphfix.gates`; "ifoc" for ROCm builds of Keras). roots: functions callable
     from outside the graph (a SavedModel's saved concrete functions). A library function
-    that neither the graph nor a root calls is converted when possible and otherwise left
-    as it is, listed in `report.left_unchanged`: it never runs.
+    that neither the graph nor a root calls never runs: it is left as it is and listed in
+    `report.left_unchanged`.
     """
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
@@ -56,8 +56,14 @@ def convert_graph_def(graph_def: graph_pb2.GraphDef, source: str = "<graph>",
             continue
         if isinstance(body, GraphBody) or body.container.signature.name in live:
             _rewrite_body(ctx, body)
-        elif not _try_rewrite_dead_function(ctx, body):
+        else:
+            # Nothing can call it, so it never runs: tf_keras SavedModels keep GPU-only
+            # variants and gradient functions so. Some of those (gradients, training-only
+            # forward passes) cannot be converted; leaving them all exactly as they were is
+            # both safe and faithful.
             left_alone.add(body.container.signature.name)
+            ops = sorted({n.op for n in body.nodes if is_cudnn(n.op)})
+            ctx.report.left_unchanged.append((body.container.signature.name, ", ".join(ops)))
     ctx.report.cleared_devices = _clear_gpu_devices(out)
     left = [f"{b.where}: {n.name} ({n.op})" for b in [GraphBody(out)] + [FunctionBody(f) for f in out.library.function]
             if not (isinstance(b, FunctionBody) and b.container.signature.name in left_alone)
@@ -65,11 +71,6 @@ def convert_graph_def(graph_def: graph_pb2.GraphDef, source: str = "<graph>",
     if left:  # a handler bug, never user error: fail loudly rather than write a GPU-only graph
         raise GraphfixError("cuDNN ops left after conversion: " + ", ".join(left))
     return out, ctx.report
-
-
-def _short_reason(reason: str) -> str:
-    """The general part of a refusal, so that the report can group functions by it."""
-    return reason.split(":")[0].split(" (")[0]
 
 
 def reachable_functions(graph_def: graph_pb2.GraphDef, roots=()) -> set[str]:
@@ -92,29 +93,6 @@ def _called_functions(nodes):
             if value.HasField("func"):
                 yield value.func.name
             yield from (f.name for f in value.list.func)
-
-
-def _try_rewrite_dead_function(ctx: "_Context", body: FunctionBody) -> bool:
-    """Convert a function nothing calls if possible; else restore it and say why. Returns success.
-
-    tf_keras SavedModels keep GPU-only variants and gradient functions of every LSTM/GRU
-    that no signature calls; they never run on CPU, and some (gradients, training-only
-    forward passes) cannot be converted. Leaving those as they are is correct.
-    """
-    library = ctx.graph_def.library.function
-    saved = type(body.container)()
-    saved.CopyFrom(body.container)
-    count, ops, helpers = len(library), len(ctx.report.ops), len(ctx.report.helpers)
-    try:
-        _rewrite_body(ctx, body)
-        return True
-    except GraphfixError as exc:
-        del library[count:]
-        body.container.CopyFrom(saved)
-        del ctx.report.ops[ops:]
-        del ctx.report.helpers[helpers:]
-        ctx.report.left_unchanged.append((body.container.signature.name, _short_reason(exc.reason)))
-        return False
 
 
 def find_cudnn_nodes(graph_def: graph_pb2.GraphDef) -> list[tuple[str, node_def_pb2.NodeDef]]:

@@ -264,9 +264,6 @@ def test_input_never_modified_by_a_conversion(outcomes, name):
     assert inputs and all(after[rel] == out.before[rel] for rel in inputs)
 
 
-@pytest.mark.xfail(reason="model_io.write_bytes_atomic keeps mkstemp's 0o600 mode: the output is unreadable "
-                          "to other users, unlike a file written with open() under the usual umask",
-                   strict=True)
 def test_output_permissions_follow_umask(outcomes):
     umask = os.umask(0)
     os.umask(umask)
@@ -300,15 +297,9 @@ def test_help_lists_options_and_exit_codes(outcomes):
 # --- refusals ---------------------------------------------------------------------------
 
 PROC_WRITABLE = os.access("/proc", os.W_OK)  # root: True, so only the write itself can fail
-REFUSALS = [
-    pytest.param(name, marks=pytest.mark.xfail(
-        PROC_WRITABLE, strict=True,
-        reason="model_io.write_bytes_atomic calls tempfile.mkstemp outside its try/except OSError, so a folder "
-               "that passes os.access but refuses the create (/proc as root; NFS root squash) ends in "
-               "'internal error: FileNotFoundError', exit 1, not exit 5"))
-    if name == "output_unwritable" else name
-    for name, run in RUNS.items() if run.exit_code
-]
+# /proc passes os.access for root, so only the create itself fails there (as on NFS with
+# root squash): the error must still be exit 5, not an internal error.
+REFUSALS = [name for name, run in RUNS.items() if run.exit_code]
 
 
 @pytest.mark.parametrize("name", REFUSALS)
