@@ -16,7 +16,8 @@ Two checks, both on CPU:
                                                                                       compare
        converted graph: [Consts | unpack_params(params)] --> PartitionedCall(op fn) --'
 
-2. The whole converted model runs once on random inputs: a GraphDef's placeholders are fed
+2. The whole converted model runs once on random inputs (every unknown dimension 3; integer
+   inputs 1, valid ids for any embedding; booleans true): a GraphDef's placeholders are fed
    and every output nothing consumes is fetched; a SavedModel (staged in a temporary folder,
    its variables linked, not copied) is loaded and each signature called.
 
@@ -43,7 +44,7 @@ from graphfix.inspect import FoundOp, survey_graph_def
 from graphfix.report import Report
 
 TOLERANCE = {"float16": 1e-2, "bfloat16": 5e-2, "float32": 1e-5, "float64": 1e-10}
-DEFAULT_BATCH, DEFAULT_TIME, DEFAULT_DIM = 3, 5, 3
+DEFAULT_BATCH, DEFAULT_TIME, DEFAULT_DIM = 3, 5, 3  # unknown sizes: batch and time of one op; any model input
 PREFIX = "graphfix_verify"
 
 
@@ -119,14 +120,26 @@ class Verification:
 # --- per-op checks ------------------------------------------------------------------------
 
 def check_ops(original: graph_pb2.GraphDef, converted: graph_pb2.GraphDef, report: Report,
-              gate_order: str = gates.CUDNN, saved_dir: Path | None = None, meta=None, seed: int = 0) -> list[OpCheck]:
-    """Check every op the report says was converted (see the module doc)."""
+              gate_order: str = gates.CUDNN, saved_dir: Path | None = None, meta=None,
+              seed: int = 0) -> tuple[list[OpCheck], dict]:
+    """Check every op the report says was converted (see the module doc).
+
+    Returns the checks, and the sizes of placeholders that feed a params input directly
+    (for `run_graph_def`).
+    """
     converted_ops = {(op.where, op.node) for op in report.ops}
     found = [op for op in survey_graph_def(original, gate_order, "", saved_dir, meta)
              if (op.where, op.node) in converted_ops and op.forward is not None]
     by_where = {b.where: b for b in bodies(converted)}
     rng = np.random.default_rng(seed)
-    return [check_op(op, by_where[op.where], converted, rng) for op in found]
+    checks = [check_op(op, by_where[op.where], converted, rng) for op in found]
+    sizes = {}
+    for op in found:
+        ref = op.forward.params_ref
+        node = None if ref.is_arg else op.body.node(ref.node)
+        if op.where == "graph" and node is not None and node.op == "Placeholder":
+            sizes[node.name] = [layout.params_size(op.forward.spec)]
+    return checks, sizes
 
 
 def check_op(found: FoundOp, body: Body, converted: graph_pb2.GraphDef, rng: np.random.Generator) -> OpCheck:
@@ -250,8 +263,12 @@ def _run(graph_def: graph_pb2.GraphDef, feeds: dict, fetches: list):
 
 # --- whole-model runs ----------------------------------------------------------------------
 
-def run_graph_def(converted: graph_pb2.GraphDef, seed: int = 0) -> ModelRun:
-    """Feed every placeholder random values and fetch every output nothing consumes."""
+def run_graph_def(converted: graph_pb2.GraphDef, seed: int = 0, sizes: dict | None = None) -> ModelRun:
+    """Feed every placeholder random values and fetch every output nothing consumes.
+
+    sizes: placeholder name -> shape, for inputs whose size the graph does not say (a fed
+    params buffer).
+    """
     rng = np.random.default_rng(seed)
     try:
         graph = tf.Graph()
@@ -262,7 +279,8 @@ def run_graph_def(converted: graph_pb2.GraphDef, seed: int = 0) -> ModelRun:
         feeds, described = {}, []
         for op in graph.get_operations():
             if op.type == "Placeholder":
-                value = _random_value(op.outputs[0].shape, op.outputs[0].dtype, rng, op.name)
+                shape = tf.TensorShape((sizes or {}).get(op.name, op.outputs[0].shape))
+                value = _random_value(shape, op.outputs[0].dtype, rng, op.name)
                 feeds[op.outputs[0]] = value
                 described.append(f"{op.name} {list(value.shape)}")
         fetches = [t for op in graph.get_operations() if op.type not in ("Placeholder", "Const")
@@ -315,8 +333,9 @@ def run_saved_model(src: Path, converted: saved_model_pb2.SavedModel, seed: int 
 def _random_value(shape: tf.TensorShape, dtype: tf.DType, rng, name: str) -> np.ndarray:
     if shape.rank is None:
         raise ValueError(f"input {name!r} has unknown rank; cannot make a random value for it")
-    dims = [d if d is not None else (DEFAULT_BATCH if i == 0 else DEFAULT_TIME if i == 1 else DEFAULT_DIM)
-            for i, d in enumerate(shape.as_list())]
+    # One size for every unknown dimension: batch and time often appear unknown in several
+    # inputs (x [None, None, I], h [L, None, H]) and must agree.
+    dims = [d if d is not None else DEFAULT_DIM for d in shape.as_list()]
     if dtype.is_floating:
         return rng.uniform(-1, 1, dims).astype(dtype.as_numpy_dtype)
     if dtype.is_integer:  # ids: 1 is valid for any embedding with two rows, and never a mask's 0
@@ -334,8 +353,13 @@ def _outputs(names, values) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The informative line of an error message (TensorFlow's start with "Graph execution error:")."""
     text = str(getattr(exc, "message", None) or exc).strip()
-    return (text.splitlines() or [type(exc).__name__])[0][:300]
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.strip().startswith("Detected at node") and line.strip() != "Graph execution error:"]
+    if len(lines) > 1 and lines[0].startswith("Node: "):  # "Node: 'rnn'" then the reason
+        lines = [f"{lines[0][len('Node: '):]}: {lines[1]}"]
+    return (lines or [type(exc).__name__])[0][:300]
 
 
 # --- entry points used by api.convert -------------------------------------------------------
@@ -343,7 +367,8 @@ def _first_line(exc: BaseException) -> str:
 def verify_graph_def(original: graph_pb2.GraphDef, converted: graph_pb2.GraphDef, report: Report,
                      gate_order: str = gates.CUDNN) -> Verification:
     """Both checks for a converted GraphDef."""
-    return Verification(check_ops(original, converted, report, gate_order), [run_graph_def(converted)])
+    checks, sizes = check_ops(original, converted, report, gate_order)
+    return Verification(checks, [run_graph_def(converted, sizes=sizes)])
 
 
 def verify_saved_model(src: Path, original: saved_model_pb2.SavedModel, converted: saved_model_pb2.SavedModel,
@@ -351,5 +376,5 @@ def verify_saved_model(src: Path, original: saved_model_pb2.SavedModel, converte
     """Both checks for a converted SavedModel (every MetaGraph)."""
     checks = []
     for meta, new_meta in zip(original.meta_graphs, converted.meta_graphs):
-        checks += check_ops(meta.graph_def, new_meta.graph_def, report, gate_order, Path(src), meta)
+        checks += check_ops(meta.graph_def, new_meta.graph_def, report, gate_order, Path(src), meta)[0]
     return Verification(checks, run_saved_model(src, converted))
