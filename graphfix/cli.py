@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         if command != "inspect":
             print("nothing was written", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # the reader went away (`inspect --json | head`): not the model's fault
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # a bug: say so plainly, and keep the promise of no partial output
         if args.debug:
             traceback.print_exc()

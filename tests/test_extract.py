@@ -192,3 +192,22 @@ def test_cli_extract_refuses_existing_output(saved):
     assert proc.returncode == 5, proc.stderr
     assert "taken.npz: already exists" in proc.stderr and "nothing was written" in proc.stderr
     assert (root / "taken.npz").read_bytes() == b"keep me"
+
+
+def test_readme_example_rebuilds_the_bundled_model(tmp_path, monkeypatch):
+    """The README's extract example, run as written, matches the converted example's GRU state."""
+    from graphfix.extract import extract
+    from tool_models import REPO
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- extract-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    example = REPO / "examples" / "cudnn_lstm_gru.pb"
+    extract(example, tmp_path / "weights.npz")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(block, namespace)  # noqa: S102 (our own README)
+    graph_def = tf.compat.v1.GraphDef.FromString(example.read_bytes())
+    converted, _ = graphfix.convert_graph_def(graph_def)
+    x = np.random.default_rng(2).standard_normal((3, 12, 8)).astype(np.float32)
+    (state,) = run_graph_def(converted, {"features:0": x}, ["model/cu_dnngru/CudnnRNNV3:1"])
+    np.testing.assert_allclose(np.asarray(namespace["model"](x)), state[0], rtol=0, atol=1e-5)
