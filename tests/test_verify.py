@@ -8,14 +8,15 @@ Keras 3 SavedModel, a ROCm-ordered LSTM, and a conversion broken on purpose (exi
 
 import concurrent.futures
 import shutil
-from pathlib import Path
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import graphfix
-from graphfix import layout, reference, verify
+from graphfix import gates, layout, reference, verify
 from raw_graphs import build, run_graph_def
 from test_inspect import _function_graph
 from tool_models import REPO, run_cli, save_keras3_lstm_gru, to_ifoc
@@ -34,6 +35,7 @@ def _verified(case_graph_def, gate_order="ifco"):
     (dict(spec=layout.RnnSpec("lstm", 2, 3, 3, 1), dtype=np.float16, params_source="concat"), "float16"),
     (dict(spec=layout.RnnSpec("lstm", 1, 6, 3, 2, num_proj=4), params_source="canonical"), "float32"),
     (dict(spec=layout.RnnSpec("rnn_relu", 3, 4, 4, 1, "skip_input"), op="CudnnRNN"), "float32"),
+    (dict(spec=layout.RnnSpec("gru", 2, 8, 3, 2), dtype=tf.bfloat16.as_numpy_dtype), "bfloat16"),
 ])
 def test_converted_ops_match_the_reference(kwargs, dtype):
     spec = kwargs.pop("spec")
@@ -82,6 +84,22 @@ def test_a_corrupted_conversion_fails_verification():
 def test_whole_model_run_fails_on_a_graph_that_cannot_run_on_cpu():
     run = verify.run_graph_def(build(layout.RnnSpec("lstm", 1, 4, 3, 1)).graph_def)
     assert not run.ok and "CudnnRNNV3" in run.detail
+
+
+def test_gates_module_maps_rocm_pieces_by_known_indices_without_tensorflow():
+    spec = layout.RnnSpec("lstm", 2, 3, 2, 2, num_proj=2)
+    buf = np.arange(layout.params_size(spec), dtype=np.float64)
+    rocm = to_ifoc(buf, spec)
+    np.testing.assert_array_equal(gates.to_cudnn_order(rocm, spec, "ifoc"), buf)
+    np.testing.assert_array_equal(gates.to_cudnn_order(rocm, spec, "ifco"), rocm)
+    gru = layout.RnnSpec("gru", 1, 3, 2)
+    assert not gates.applies(gru, "ifoc") and gates.applies(spec, "ifoc")
+    code = ("import sys; sys.modules['tensorflow'] = None; import numpy as np; "
+            "from graphfix import gates, layout; s = layout.RnnSpec('lstm', 1, 2, 2); "
+            "print(gates.to_cudnn_order(np.arange(layout.params_size(s)), s, 'ifoc')[8:16].tolist())")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[12, 13, 14, 15, 8, 9, 10, 11]"  # W_c read from the stored o slot, W_o from c's
 
 
 @pytest.mark.parametrize("source", ["const", "fed"])
