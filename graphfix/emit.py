@@ -100,7 +100,10 @@ def _run_direction(spec, x_proj, h0, c0, w, lengths, reverse):
 
     _, h_n, c_n, outputs = tf.while_loop(
         lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, outputs), maximum_iterations=steps)
-    y = outputs.stack()
+    # An empty TensorArray cannot stack without a fully static element shape (batch is
+    # dynamic), so zero time steps take the other branch.
+    y = tf.cond(steps > 0, outputs.stack,
+                lambda: tf.zeros([0, tf.shape(h0)[0], spec.hidden_size], x_proj.dtype))
     if reverse:
         y = tf.reverse(y, [0]) if lengths is None else tf.reverse_sequence(y, lengths, seq_axis=0, batch_axis=1)
     return y, h_n, c_n

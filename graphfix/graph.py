@@ -47,11 +47,28 @@ class Body:
     where: str
     nodes: list
 
-    def node(self, name: str) -> node_def_pb2.NodeDef | None:
-        return self._by_name().get(name)
+    _index: dict | None = None
+    _index_size: int = -1
 
-    def _by_name(self):
-        return {n.name: n for n in self.nodes}
+    def node(self, name: str) -> node_def_pb2.NodeDef | None:
+        # One name index per body, rebuilt when nodes were added or removed (renames never
+        # happen): lookups are hot in folding and pruning, and bodies can hold 100,000 nodes.
+        if self._index is None or self._index_size != len(self.nodes):
+            self._index = {n.name: n for n in self.nodes}
+            self._index_size = len(self.nodes)
+        return self._index.get(name)
+
+    def remove_nodes(self, names: set[str]) -> None:
+        """Delete the named nodes in one pass."""
+        keep = [n for n in self.nodes if n.name not in names]
+        if len(keep) == len(self.nodes):
+            return
+        copies = [type(n)() for n in keep]
+        for copy, n in zip(copies, keep):
+            copy.CopyFrom(n)
+        del self.nodes[:]
+        self.nodes.extend(copies)
+        self._index = None
 
     def parse_input(self, text: str) -> TensorRef | None:
         """TensorRef for a data input string; None for a control input (^node)."""

@@ -15,6 +15,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from graphfix import layout
+from graphfix.errors import UnsupportedError
 from graphfix.graph import Body, TensorRef
 
 # Ops that compute a value from their inputs alone: no state, no I/O, no randomness.
@@ -81,11 +82,40 @@ class Folder:
                 return None
         if ref.node in substitutes:
             return substitutes[ref.node]
-        return _run_subgraph(self.body, names, substitutes, ref)
+        try:
+            return _run_subgraph(self.body, names, substitutes, ref)
+        except _NotFoldable as exc:
+            self.why_not[ref] = str(exc)
+            return None
+
+    def control_inputs(self, ref: TensorRef) -> list[str]:
+        """Control inputs ("^node") of the tensor's folded ancestry that point outside it.
+
+        Folding drops the params subgraph; whatever it was ordered after must still run
+        before the weights that replace it are used.
+        """
+        names = set(self.ancestors(ref))
+        controls = {text for name in names for text in self.body.node(name).input
+                    if text.startswith("^") and text[1:].split(":")[0] not in names}
+        return sorted(controls)
+
+
+class _NotFoldable(Exception):
+    """The subgraph is pure but folding it is not worth the risk (its message says why)."""
+
+
+# An intermediate may hold at most this many times the folded tensor's elements (plus a
+# slack): a Keras-style params subgraph never exceeds 1x, while `slice(fill([2**31]))`
+# from an untrusted model would allocate gigabytes.
+_GROWTH_LIMIT, _SLACK = 4, 1 << 20
 
 
 def _run_subgraph(body: Body, names: list[str], substitutes: dict, ref: TensorRef) -> np.ndarray:
-    """Evaluate `ref` from the listed nodes in a fresh CPU session."""
+    """Evaluate `ref` from the listed nodes in a fresh CPU session.
+
+    Raises _NotFoldable when some static size is unknown or too large, and
+    UnsupportedError when TensorFlow cannot compute the value.
+    """
     sub = graph_pb2.GraphDef()
     keep = set(names)
     for name in reversed(names):
@@ -101,11 +131,33 @@ def _run_subgraph(body: Body, names: list[str], substitutes: dict, ref: TensorRe
             if r is not None and r.node in keep:
                 node.input.append(r.node if r.index == 0 else f"{r.node}:{r.index}")
     graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(sub, name="")
+    where = f"{body.where}, node {ref.node!r}"
+    try:
+        with graph.as_default():
+            tf.graph_util.import_graph_def(sub, name="")
+    except ValueError as exc:
+        raise UnsupportedError(f"the params subgraph is malformed: {exc}", where) from None
+    _check_sizes(graph, f"{ref.node}:{ref.index}")
     config = tf.compat.v1.ConfigProto(device_count={"GPU": 0})
-    with tf.compat.v1.Session(graph=graph, config=config) as session:
-        return session.run(f"{ref.node}:{ref.index}")
+    try:
+        with tf.compat.v1.Session(graph=graph, config=config) as session:
+            return session.run(f"{ref.node}:{ref.index}")
+    except tf.errors.OpError as exc:
+        first = exc.message.strip().splitlines()[0] if exc.message.strip() else type(exc).__name__
+        raise UnsupportedError(f"the params cannot be computed from their constants: {first}", where) from None
+
+
+def _check_sizes(graph: tf.Graph, target: str) -> None:
+    final = graph.get_tensor_by_name(target).shape.num_elements()
+    if final is None:
+        raise _NotFoldable("its static size is unknown")
+    limit = _GROWTH_LIMIT * final + _SLACK
+    for op in graph.get_operations():
+        for out in op.outputs:
+            count = out.shape.num_elements()
+            if count is None or count > limit:
+                size = "an unknown number of" if count is None else f"{count}"
+                raise _NotFoldable(f"folding it would compute {size} elements at node {op.name!r}")
 
 
 def _const_node(name: str, value: np.ndarray):

@@ -13,6 +13,7 @@ One handler per op type, all with the signature handler(ctx, body, node); see HA
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from typing import Callable
@@ -107,6 +108,19 @@ class _Context:
     report: Report
     gate_order: str = gates.CUDNN
     _shape_graph: tf.Graph | None = None
+    _traced: dict = dataclasses.field(default_factory=dict)
+
+    def function(self, key, trace: Callable[[], emit.TracedFunction]) -> emit.TracedFunction:
+        """The traced function for `key`, traced and added to the library on first use.
+
+        Tracing dominates conversion time, and models repeat configurations (a
+        Bidirectional layer's two directions, stacked layers of one size), so nodes of the
+        same configuration share one function, named after the first of them.
+        """
+        if key not in self._traced:
+            self._traced[key] = trace()
+            self.add_function(self._traced[key])
+        return self._traced[key]
 
     def add_function(self, traced: emit.TracedFunction) -> None:
         existing = {f.signature.name for f in self.graph_def.library.function}
@@ -316,16 +330,16 @@ def _convert_forward(ctx, body, node, shapes: "Shapes", folder: Folder) -> Tenso
     ctx.report.warnings += fop.warnings
     spec, dtype, call = fop.spec, fop.dtype, fop.call
     fname = _function_name(body, node)
-    traced = emit.trace_rnn(call, fname)
-    ctx.add_function(traced)
+    traced = ctx.function(("rnn", call), lambda: emit.trace_rnn(call, fname))
 
     if fop.params is not None:
         ordered = gates.to_cudnn_order(fop.params, spec, fop.gate_order)
-        weight_refs = _add_weight_consts(body, node.name, weights.graph_weights_from_buffer(ordered, spec), spec)
+        weight_refs = _add_weight_consts(body, node.name, weights.graph_weights_from_buffer(ordered, spec), spec,
+                                         folder.control_inputs(fop.params_ref))
         params_note = "folded to constants"
     else:
-        unpack = emit.trace_params_unpack(spec, dtype, fname + "_unpack_params", fop.gate_order)
-        ctx.add_function(unpack)
+        unpack = ctx.function(("unpack", spec, dtype, fop.gate_order),
+                              lambda: emit.trace_params_unpack(spec, dtype, fname + "_unpack_params", fop.gate_order))
         unpack_name = f"{node.name}/graphfix/unpack_params"
         _add_call(body, unpack_name, unpack, [node.input[3]], [])
         weight_refs = [body.format_ref(unpack_name, i) for i in range(len(unpack.output_types))]
@@ -376,13 +390,15 @@ def _refuse_training_consumers(body: Body, node, where: str) -> None:
             f"backward pass can use, are consumed by {', '.join(users)}", where)
 
 
-def _add_weight_consts(body: Body, node_name: str, values: list[np.ndarray], spec) -> list[str]:
+def _add_weight_consts(body: Body, node_name: str, values: list[np.ndarray], spec, controls=()) -> list[str]:
+    """One Const per weight slot; `controls` keeps the ordering edges the folded subgraph had."""
     refs = []
     for slot, value in zip(weights.weight_slots(spec), values):
         name = _unique_name(body, f"{node_name}/graphfix/{slot.name}")
         const = body.nodes.add()
         const.name = name
         const.op = "Const"
+        const.input.extend(controls)
         const.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
         const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.ascontiguousarray(value)))
         refs.append(body.format_ref(name, 0))
@@ -423,39 +439,37 @@ def _replace_with_call(node, traced, data_inputs, controls) -> None:
 
 
 def _prune_dead(body: Body, roots: list[TensorRef]) -> int:
-    """Remove the now-unused pure nodes that only built folded params buffers."""
-    removed = 0
-    candidates = [r.node for r in roots]
-    while candidates:
-        name = candidates.pop()
-        node = body.node(name)
-        if node is None or not (node.op in PURE_OPS or node.op in CANONICAL_TO_PARAMS):
-            continue
-        used = any(True for _ in _all_consumers(body, name))
-        if used:
-            continue
-        inputs = [r.node for r in body.data_inputs(node) if not r.is_arg]
-        _delete_node(body, name)
-        removed += 1
-        candidates.extend(inputs)
-    return removed
+    """Remove the now-unused pure nodes that only built folded params buffers.
 
-
-def _all_consumers(body: Body, name: str):
+    Consumer counts are taken once and decremented as nodes go, so pruning is linear in
+    the body's size however large the params subgraph is.
+    """
+    users: collections.Counter = collections.Counter()
     for n in body.nodes:
         for text in n.input:
-            if text.lstrip("^").split(":")[0] == name:
-                yield n
+            users[_input_node(text)] += 1
     for _, ref in body.output_refs():
-        if ref is not None and ref.node == name:
-            yield None
+        if ref is not None:
+            users[ref.node] += 1
+    doomed: set[str] = set()
+    stack = [r.node for r in roots]
+    while stack:
+        name = stack.pop()
+        node = body.node(name)
+        if (name in doomed or node is None or users[name] > 0
+                or not (node.op in PURE_OPS or node.op in CANONICAL_TO_PARAMS)):
+            continue
+        doomed.add(name)
+        for text in node.input:
+            users[_input_node(text)] -= 1
+            stack.append(_input_node(text))
+    body.remove_nodes(doomed)
+    return len(doomed)
 
 
-def _delete_node(body: Body, name: str) -> None:
-    for i, n in enumerate(body.nodes):
-        if n.name == name:
-            del body.nodes[i]
-            return
+def _input_node(text: str) -> str:
+    """The node (or function argument) an input string reads, in either body format."""
+    return text.lstrip("^").split(":")[0]
 
 
 # --- helper ops -------------------------------------------------------------------------

@@ -97,10 +97,6 @@ def test_empty_batch(op, time_major, lengths_fed):
 
 # --- zero time steps -----------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=tf.errors.InvalidArgumentError, reason=(
-    "T = 0 fails at run time: emit._run_direction stacks an empty TensorArray whose element "
-    "shape [?, Hh] is not fully defined (InvalidArgumentError: Tried to stack elements of an "
-    "empty list with non-fully-defined element_shape)"))
 @pytest.mark.parametrize("mode,op,time_major,lengths_fed", [
     ("lstm", "CudnnRNNV2", True, False), ("gru", "CudnnRNNV3", False, True)])
 def test_zero_time_steps(mode, op, time_major, lengths_fed):
@@ -116,7 +112,7 @@ def test_zero_time_steps(mode, op, time_major, lengths_fed):
 
 
 def test_reference_zero_time_steps_keeps_initial_state():
-    """The oracle itself agrees with the rule the xfail above expects of the converted graph."""
+    """The oracle itself agrees with the rule test_zero_time_steps expects of the converted graph."""
     spec = layout.RnnSpec("lstm", 2, 3, 2, 2)
     rng = np.random.default_rng(0)
     h0, c0 = rng.standard_normal((4, 3, 3)), rng.standard_normal((4, 3, 3))
@@ -350,12 +346,6 @@ def _with_unrelated_nodes(graph_def, count):
     return out
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=(
-    "conversion time grows as (graph nodes) x (params subgraph nodes): graph.Body.node() rebuilds "
-    "a name->node dict over the whole body on every call (Folder.ancestors, _run_subgraph, "
-    "_prune_dead call it per params node) and rewrite._all_consumers/_delete_node scan every "
-    "node per pruned params node; a 20,000-node frozen graph with a Keras-style concat params "
-    "subgraph (~260 nodes) takes ~50 s instead of ~2 s"))
 def test_many_nodes_with_keras_style_params_convert_quickly():
     """A big frozen graph (20,000 unrelated nodes) around one op whose params are a Keras-style
     concat of reshaped, transposed slices (about 260 nodes): conversion must stay linear."""

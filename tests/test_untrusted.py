@@ -353,10 +353,6 @@ class _AddressSpaceLimit:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc for the memory cap")
-@pytest.mark.xfail(strict=True, raises=tf.errors.OpError, reason=(
-    "folding runs allowlisted ops whatever their size: params = Slice(Fill([2**31], 0)) + c makes "
-    "resolve._run_subgraph allocate 8 GiB, and when that fails the raw TensorFlow error "
-    "(InvalidArgumentError) escapes convert_graph_def instead of a GraphfixError or in-graph slicing"))
 def test_huge_allowlisted_params_subgraph_is_refused_or_sliced():
     """params = Slice(Reshape(Fill([2**31], 0.0)), [0], [N]) + c: every op is on the allowlist, but
     evaluating it needs 8 GiB. The converter must not crash on it (with the memory capped, an
