@@ -22,7 +22,8 @@ import traceback
 
 EPILOG = """\
 exit codes:
-  0  converted, or the model holds no cuDNN op (nothing is written then)
+  0  converted; or no cuDNN op runs in the model (none at all, or only in functions nothing
+     calls, as tf_keras SavedModels keep them): it already runs on CPU, nothing is written
   1  internal error (please report it, with --debug output)
   2  the input cannot be read or is not a model
   3  a params buffer fits no cuDNN layout
