@@ -37,6 +37,7 @@ examples:
   python -m graphfix model.pb                 # frozen GraphDef: writes model_cpu.pb
   python -m graphfix model.pbtxt -o cpu.pbtxt --force
   python -m graphfix model.pb --verify        # check every converted op, then write
+  python -m graphfix model_dir/ --target tflite --batch-size 1 --tflite model.tflite
   python -m graphfix inspect model_dir/       # list the cuDNN ops (--json for machines)
   python -m graphfix extract model_dir/ -o weights.npz   # Keras-layout weights
 """
@@ -68,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify", action="store_true",
                         help="before writing, run every converted op on CPU with random inputs against the "
                              "numpy reference of cuDNN, and the whole model once; exit 6 if it fails")
+    parser.add_argument("--target", choices=("cpu", "tflite"), default="cpu",
+                        help="tflite: a SavedModel (default MODEL_DIR_tflite/) with a fixed batch that the TFLite "
+                             "converter converts with builtin ops only, LSTMs fused (see README 'TFLite')")
+    parser.add_argument("--batch-size", type=int, help="--target tflite: the fixed batch size (needed when the "
+                                                       "model's signatures leave the batch open)")
+    parser.add_argument("--tflite", metavar="FILE", help="--target tflite: also write the .tflite model")
+    parser.add_argument("--no-fused-lstm", action="store_true",
+                        help="--target tflite: LSTMs as While loops, not TFLite's fused LSTM (which clips the "
+                             "cell state to +-10)")
     _common(parser)
     return parser
 
@@ -142,6 +152,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _convert(args) -> int:
     from graphfix import api
+    if args.target == "tflite":
+        from graphfix import tflite
+        from graphfix.errors import UnsupportedError
+        if args.verify:
+            raise UnsupportedError("--verify is not available with --target tflite")
+        report = tflite.convert_for_tflite(args.model, args.output, batch_size=args.batch_size,
+                                           tflite_file=args.tflite, force=args.force, gate_order=args.gate_order,
+                                           fuse_lstm=not args.no_fused_lstm)
+        _print(report.lines(), args.quiet)
+        return 0
+    if args.batch_size is not None or args.tflite is not None or args.no_fused_lstm:
+        from graphfix.errors import UnsupportedError
+        raise UnsupportedError("--batch-size, --tflite and --no-fused-lstm need --target tflite")
     report = api.convert(args.model, args.output, force=args.force, gate_order=args.gate_order,
                          verify=args.verify)
     if not report.changed and report.left_unchanged:

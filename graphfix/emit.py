@@ -41,6 +41,12 @@ class RnnCall:
     time_major: bool = True
     has_sequence_lengths: bool = False
     num_outputs: int = 4  # CudnnRNN: 4; V2/V3: 5 (host_reserved)
+    # TFLite target (graphfix.tflite): a fixed batch makes every loop state static, as
+    # builtins-only conversion needs; fused_lstm computes each LSTM layer/direction in a
+    # function the TFLite converter fuses (only when sequence lengths are full and output_c
+    # is unused: the fused op has no lengths and no final cell state).
+    static_batch: int | None = None
+    fused_lstm: bool = False
 
 
 class _TfOps:
@@ -77,16 +83,16 @@ def _cell_step(spec: RnnSpec, x_t, h, c, recurrent_kernel, recurrent_bias, proje
     return (tf.tanh(pre) if spec.mode == "rnn_tanh" else tf.nn.relu(pre)), c
 
 
-def _run_direction(spec, x_proj, h0, c0, w, lengths, reverse):
+def _run_direction(spec, x_proj, h0, c0, w, lengths, reverse, static_batch=None):
     """One pseudo-layer. x_proj: [T, B, G*H]; h0 [B, Hh]; c0 [B, H]; lengths [B] or None.
 
-    Returns (y [T, B, Hh], h_n [B, Hh], c_n [B, H]).
+    Returns (y [T, B, Hh], h_n [B, Hh], c_n [B, H]). static_batch: B when fixed (TFLite).
     """
     steps = tf.shape(x_proj)[0]
     if reverse:
         x_proj = (tf.reverse(x_proj, [0]) if lengths is None
                   else tf.reverse_sequence(x_proj, lengths, seq_axis=0, batch_axis=1))
-    outputs = tf.TensorArray(x_proj.dtype, size=steps, element_shape=tf.TensorShape([None, spec.hidden_size]))
+    outputs = tf.TensorArray(x_proj.dtype, size=steps, element_shape=tf.TensorShape([static_batch, spec.hidden_size]))
 
     def body(t, h, c, outputs):
         h_new, c_new = _cell_step(spec, x_proj[t], h, c, w["recurrent_kernel"],
@@ -102,8 +108,9 @@ def _run_direction(spec, x_proj, h0, c0, w, lengths, reverse):
         lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, outputs), maximum_iterations=steps)
     # An empty TensorArray cannot stack without a fully static element shape (batch is
     # dynamic), so zero time steps take the other branch.
-    y = tf.cond(steps > 0, outputs.stack,
-                lambda: tf.zeros([0, tf.shape(h0)[0], spec.hidden_size], x_proj.dtype))
+    y = (outputs.stack() if static_batch is not None  # static element shape: stacks even when empty
+         else tf.cond(steps > 0, outputs.stack,
+                      lambda: tf.zeros([0, tf.shape(h0)[0], spec.hidden_size], x_proj.dtype)))
     if reverse:
         y = tf.reverse(y, [0]) if lengths is None else tf.reverse_sequence(y, lengths, seq_axis=0, batch_axis=1)
     return y, h_n, c_n
@@ -119,6 +126,8 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values):
     slots = weight_slots(spec)
     by_layer: dict = {}
     for slot, value in zip(slots, weight_values):
+        if call.static_batch is not None:  # the TFLite converter types a function from its callers
+            value = tf.reshape(value, slot.shape)
         by_layer.setdefault((slot.layer, slot.direction), {})[slot.kind] = cast(value)
 
     if not call.time_major:
@@ -133,6 +142,8 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values):
     if sequence_lengths is not None:
         lengths = tf.minimum(tf.cast(sequence_lengths, tf.int32), steps)
 
+    if call.static_batch is not None:
+        batch = call.static_batch
     layer_in = x
     h_list, c_list = [], []
     for layer in range(spec.num_layers):
@@ -141,14 +152,22 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values):
         outs = []
         for d in range(spec.num_dirs):
             w = by_layer[(layer, d)]
+            k = layer * spec.num_dirs + d
+            if call.fused_lstm:
+                from graphfix.tflite_lstm import fused_direction  # noqa: PLC0415 (TFLite target only)
+                y, h_n, c_n = fused_direction(spec, call.static_batch, layer_in, h0[k], c0[k], w, reverse=d == 1)
+                outs.append(y)
+                h_list.append(h_n)
+                c_list.append(c_n)
+                continue
             if "kernel" in w:
                 proj = tf.matmul(flat_in, w["kernel"])
             else:  # skip_input: the input enters every gate unprojected
                 proj = tf.tile(flat_in, [1, spec.gates])
             proj = proj + w.get("bias", w.get("input_bias"))
             x_proj = tf.reshape(proj, [steps, batch, spec.gates * spec.num_units])
-            k = layer * spec.num_dirs + d
-            y, h_n, c_n = _run_direction(spec, x_proj, h0[k], c0[k], w, lengths, reverse=d == 1)
+            y, h_n, c_n = _run_direction(spec, x_proj, h0[k], c0[k], w, lengths, reverse=d == 1,
+                                         static_batch=call.static_batch)
             outs.append(y)
             h_list.append(h_n)
             c_list.append(c_n)
@@ -182,12 +201,14 @@ def trace_rnn(call: RnnCall, name: str) -> TracedFunction:
     """Trace the CPU replacement of one cuDNN forward op as FunctionDefs named from `name`."""
     spec, dtype = call.spec, call.dtype
     LD = spec.num_layers * spec.num_dirs
-    state_shape = ([LD, None] if call.time_major else [None, LD])
-    signature = [tf.TensorSpec([None, None, spec.input_size], dtype, "input"),
+    B = call.static_batch
+    state_shape = ([LD, B] if call.time_major else [B, LD])
+    x_shape = [None, B] if call.time_major else [B, None]
+    signature = [tf.TensorSpec(x_shape + [spec.input_size], dtype, "input"),
                  tf.TensorSpec(state_shape + [spec.hidden_size], dtype, "input_h"),
                  tf.TensorSpec(None, dtype, "input_c")]
     if call.has_sequence_lengths:
-        signature.append(tf.TensorSpec([None], tf.int32, "sequence_lengths"))
+        signature.append(tf.TensorSpec([B], tf.int32, "sequence_lengths"))
     slots = weight_slots(spec)
     signature += [tf.TensorSpec(s.shape, dtype, s.name) for s in slots]
 

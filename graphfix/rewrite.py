@@ -37,19 +37,21 @@ TRAINING_OUTPUTS = {3: "reserve_space", 4: "host_reserved"}
 
 
 def convert_graph_def(graph_def: graph_pb2.GraphDef, source: str = "<graph>",
-                      gate_order: str = gates.CUDNN, roots=()) -> tuple[graph_pb2.GraphDef, Report]:
+                      gate_order: str = gates.CUDNN, roots=(), tflite_target=None,
+                      ) -> tuple[graph_pb2.GraphDef, Report]:
     """Return a copy of `graph_def` with every cuDNN RNN op replaced, and the report.
 
     The input is not modified. Raises a GraphfixError subclass naming the node when an op
     cannot be converted; nothing is returned then. gate_order: how LSTM params buffers order
-    their gates (`graphfix.gates`; "ifoc" for ROCm builds of Keras). roots: functions callable
+    their gates (`graphfix.gates`; "ifoc" for ROCm builds of Keras). tflite_target: emit for
+    the TFLite target (a `graphfix.tflite.Target`: fixed batch, fused LSTMs). roots: functions callable
     from outside the graph (a SavedModel's saved concrete functions). A library function
     that neither the graph nor a root calls never runs: it is left as it is and listed in
     `report.left_unchanged`.
     """
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
-    ctx = _Context(out, Report(source=source), gates.check(gate_order))
+    ctx = _Context(out, Report(source=source), gates.check(gate_order), tflite_target=tflite_target)
     live = reachable_functions(out, roots)
     left_alone = set()
     for body in [GraphBody(out)] + [FunctionBody(f) for f in list(out.library.function)]:
@@ -107,6 +109,7 @@ class _Context:
     graph_def: graph_pb2.GraphDef
     report: Report
     gate_order: str = gates.CUDNN
+    tflite_target: object = None  # graphfix.tflite.Target
     _shape_graph: tf.Graph | None = None
     _traced: dict = dataclasses.field(default_factory=dict)
 
@@ -329,8 +332,13 @@ def _convert_forward(ctx, body, node, shapes: "Shapes", folder: Folder) -> Tenso
     fop = read_forward_op(body, node, shapes, folder, ctx.gate_order)
     ctx.report.warnings += fop.warnings
     spec, dtype, call = fop.spec, fop.dtype, fop.call
+    if ctx.tflite_target is not None:
+        from graphfix import tflite  # noqa: PLC0415 (TFLite target only)
+        call = tflite.target_call(body, node, fop, ctx.tflite_target, ctx.report)
     fname = _function_name(body, node)
-    traced = ctx.function(("rnn", call), lambda: emit.trace_rnn(call, fname))
+    # TFLite's converter fails to lower the While loop of a function called from two places
+    key = ("rnn", call) if ctx.tflite_target is None else ("rnn", call, fname)
+    traced = ctx.function(key, lambda: emit.trace_rnn(call, fname))
 
     if fop.params is not None:
         ordered = gates.to_cudnn_order(fop.params, spec, fop.gate_order)

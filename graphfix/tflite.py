@@ -1,0 +1,322 @@
+"""The TFLite target: a SavedModel that converts with TFLITE_BUILTINS alone, and its .tflite.
+
+    src (cuDNN ops, any batch)
+      -> rewrite with a fixed batch B: every loop state static; each LSTM layer/direction
+         whose sequence lengths are full and whose output_c is unused becomes a call of the
+         fusable composite function (graphfix.tflite_lstm); the rest (GRU, SimpleRNN,
+         masked or return_state LSTMs) a While loop with static TensorList element shapes
+      -> saved again with every signature input's first (batch) dimension fixed to B
+         (tf.saved_model.load + tf.function(input_signature=...) + tf.saved_model.save):
+         TFLite needs the states' shapes static, and they derive from the input's batch
+      -> optionally tf.lite.TFLiteConverter.from_saved_model(builtins only) -> FILE.tflite
+
+Assumes a signature input's first dimension is the batch (Keras models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from graphfix import gates, model_io, rewrite, saved_model_io
+from graphfix.errors import GraphfixError, OutputError, UnsupportedError
+from graphfix.graph import Body, FunctionBody
+from graphfix.report import Report
+
+
+CELL_CLIP = 10.0  # TFLite's fused LSTM clips the cell state to +-10
+
+
+# ---------------------------------------------------------------------------------------------
+# Per op: fused LSTM or While loop
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """How to emit for TFLite. batch: the fixed batch size; fuse_lstm: use the fused op where possible."""
+
+    batch: int
+    fuse_lstm: bool = True
+
+
+def target_call(body: Body, node, fop, target: Target, report: Report):
+    """The RnnCall for one forward op on the TFLite target, with a note in the report why."""
+    why_not = _why_not_fused(body, node, fop) if target.fuse_lstm else "--no-fused-lstm"
+    call = dataclasses.replace(fop.call, static_batch=target.batch, fused_lstm=why_not is None)
+    how = "fused LSTM (UNIDIRECTIONAL_SEQUENCE_LSTM)" if why_not is None else f"While loop ({why_not})"
+    report.helpers.append(f"TFLite: {node.name!r} ({body.where}) -> {how}")
+    if why_not is None:
+        steps = fop.x_shape[0 if fop.time_major else 1] if fop.x_shape.rank else None
+        if steps is None or steps > CELL_CLIP:
+            # |c_t| <= |c_{t-1}| + 1 (forget gate < 1, |i * g| < 1): from a zero state no
+            # clipping can happen within 10 steps; beyond, it can.
+            report.warnings.append(
+                f"{body.where}, node {node.name!r}: TFLite's fused LSTM clips the cell state to +-10 "
+                f"(cell_clip); with {steps or 'an open number of'} time steps |c| can exceed 10 and the TFLite "
+                "results then differ from TensorFlow's; check on your data, or pass --no-fused-lstm "
+                "(a While loop: exact, slower)")
+    return call
+
+
+def _why_not_fused(body: Body, node, fop) -> str | None:
+    spec = fop.spec
+    if spec.mode != "lstm":
+        return f"{spec.mode}: TFLite fuses LSTMs only"
+    if spec.num_proj:
+        return "LSTM with projection"
+    if not spec.has_input_weights(0):
+        return "skip_input LSTM"
+    if fop.dtype != tf.float32:
+        return f"{fop.dtype.name}"
+    if fop.lengths_ref is not None and not _full_lengths(body, node, fop):
+        return "sequence lengths (masking): the fused op has none"
+    if _output_live(body, node, 2):
+        return "final cell state used (return_state): the fused op does not output it"
+    return None
+
+
+def _full_lengths(body: Body, node, fop) -> bool:
+    """Whether the V3 op's sequence_lengths are every example's full length T.
+
+    Constant lengths all equal to the static T; or Keras 3's unmasked pattern
+    `tf.fill([batch], tf.shape(x)[time_axis])` on this op's own input x.
+    """
+    t_axis = 0 if fop.time_major else 1
+    steps = fop.x_shape[t_axis] if fop.x_shape.rank else None
+    if fop.lengths is not None:
+        return steps is not None and bool(np.all(np.asarray(fop.lengths) == steps))
+    fill = _producer(body, fop.lengths_ref)
+    if fill is None or fill.op != "Fill":
+        return False
+    value = _producer(body, body.data_inputs(fill)[1])
+    if value is None or value.op != "StridedSlice" or value.attr["shrink_axis_mask"].i != 1:
+        return False
+    shape_ref, begin_ref = body.data_inputs(value)[:2]
+    shape = _producer(body, shape_ref)
+    begin = _const(body, begin_ref)
+    return (shape is not None and shape.op == "Shape" and begin is not None and begin.tolist() == [t_axis]
+            and body.data_inputs(shape)[0] in _same_steps(body, body.data_inputs(node)[0]))
+
+
+def _same_steps(body: Body, ref) -> list:
+    """ref and the tensors it was reordered from along time without changing T (Keras's
+    go_backwards reverses its input before the op)."""
+    refs = [ref]
+    node = _producer(body, ref)
+    while node is not None and node.op in ("ReverseSequence", "ReverseV2", "Identity"):
+        ref = body.data_inputs(node)[0]
+        refs.append(ref)
+        node = _producer(body, ref)
+    return refs
+
+
+def _producer(body: Body, ref):
+    return None if ref is None or ref.is_arg else body.node(ref.node)
+
+
+def _const(body: Body, ref):
+    node = _producer(body, ref)
+    if node is None or node.op != "Const":
+        return None
+    return tf.make_ndarray(node.attr["value"].tensor)
+
+
+def _output_live(body: Body, node, index: int) -> bool:
+    """Whether output `index` of `node` reaches the body's results (any consumer, in a graph).
+
+    A traced Keras function keeps nodes nothing uses (the squeezed final cell state of a
+    layer without return_state): those do not count.
+    """
+    if not isinstance(body, FunctionBody):
+        return any(ref.index == index for _, _, ref in body.consumers(node.name))
+    results = {ref.node for _, ref in body.output_refs() if ref is not None and not ref.is_arg}
+    users: dict[str, set[str]] = {}
+    for n in body.nodes:
+        for text in n.input:
+            ref = body.parse_input(text)
+            if ref is not None and not ref.is_arg:
+                users.setdefault(ref.node, set()).add(n.name)
+    if any(ref is not None and ref.node == node.name and ref.index == index for _, ref in body.output_refs()):
+        return True
+    stack = [n.name for n, _, ref in body.consumers(node.name) if ref.index == index]
+    seen: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in results or _stateful(body.node(name)):
+            return True
+        stack.extend(users.get(name, ()))
+    return False
+
+
+def _stateful(node) -> bool:
+    from tensorflow.python.framework import op_def_registry  # noqa: PLC0415
+    op_def = op_def_registry.get(node.op) if node is not None else None
+    return op_def is None or op_def.is_stateful and node.op not in ("PartitionedCall",)
+
+
+# ---------------------------------------------------------------------------------------------
+# The SavedModel
+
+
+def signature_batch(proto) -> set[int | None]:
+    """First-dimension sizes of every signature input (None: dynamic)."""
+    sizes = set()
+    for meta in proto.meta_graphs:
+        for sig in meta.signature_def.values():
+            for info in sig.inputs.values():
+                dims = info.tensor_shape.dim
+                if not info.tensor_shape.unknown_rank and dims:
+                    sizes.add(dims[0].size if dims[0].size >= 0 else None)
+    return sizes
+
+
+def choose_batch(proto, batch_size: int | None, where: str) -> int:
+    """The batch to fix: batch_size, or the signatures' own static batch."""
+    sizes = signature_batch(proto)
+    if batch_size is not None:
+        if batch_size < 1:
+            raise UnsupportedError(f"--batch-size must be at least 1, got {batch_size}", where)
+        fixed = sizes - {None}
+        if fixed and fixed != {batch_size}:
+            raise UnsupportedError(f"the signatures fix the batch to {sorted(fixed)}, not --batch-size "
+                                   f"{batch_size}", where)
+        return batch_size
+    if None in sizes or not sizes:
+        raise UnsupportedError(
+            "the TFLite target needs a fixed batch size (the fused LSTM and TFLite's loops need static "
+            "state shapes), and the model's signatures leave it open: pass --batch-size N", where)
+    if len(sizes) > 1:
+        raise UnsupportedError(f"the signatures have different batch sizes {sorted(sizes)}", where)
+    return sizes.pop()
+
+
+def convert_for_tflite(src, dst=None, batch_size: int | None = None, tflite_file=None, force: bool = False,
+                       gate_order: str = gates.CUDNN, fuse_lstm: bool = True) -> Report:
+    """SavedModel `src` -> SavedModel `dst` (default MODEL_tflite/) for the TFLite converter.
+
+    The output's signatures take a fixed batch. tflite_file: also write the TFLite model
+    (TFLITE_BUILTINS only). fuse_lstm=False: LSTMs as While loops too (no cell_clip).
+    Raises GraphfixError, writing nothing, on any refusal.
+    """
+    src = Path(src)
+    if not saved_model_io.is_saved_model_dir(src):
+        raise UnsupportedError("the TFLite target takes a SavedModel directory", str(src))
+    dst = Path(dst) if dst is not None else src.with_name(f"{src.name.rstrip('/')}_tflite")
+    model_io.check_output_path(dst, force, source=src)
+    if tflite_file is not None:
+        model_io.check_output_path(Path(tflite_file), force, source=src)
+    proto = saved_model_io.read_saved_model(src)
+    batch = choose_batch(proto, batch_size, str(src))
+    converted, report = _convert_proto(proto, str(src), gate_order, Target(batch, fuse_lstm))
+    parent = dst.parent if str(dst.parent) else Path(".")
+    work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".work", dir=parent))
+    try:
+        saved_model_io.write_saved_model(src, converted, work / "cpu", force=False)
+        _save_fixed_batch(work / "cpu", work / "fixed", batch)
+        content = to_tflite(work / "fixed") if tflite_file is not None else None
+        saved_model_io._move_into_place(work / "fixed", dst, force)  # noqa: SLF001 (same package)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report.output = str(dst)
+    report.helpers.append(f"TFLite: signatures fixed to batch {batch}")
+    if content is not None:
+        _write_file(Path(tflite_file), content)
+        report.helpers.append(f"TFLite: wrote {tflite_file} ({len(content)} bytes; ops: "
+                              f"{', '.join(sorted(set(tflite_ops(content))))})")
+    return report
+
+
+def _convert_proto(proto, source, gate_order, target: Target):
+    from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415
+    out = saved_model_pb2.SavedModel()
+    out.CopyFrom(proto)
+    report = Report(source=source)
+    for meta in out.meta_graphs:
+        try:
+            converted, part = rewrite.convert_graph_def(
+                meta.graph_def, source=source, roots=list(meta.object_graph_def.concrete_functions),
+                gate_order=gate_order, tflite_target=target)
+        except GraphfixError as exc:
+            raise exc.at(source) from None
+        meta.graph_def.CopyFrom(converted)
+        report.merge(part)
+    if not report.changed:
+        raise UnsupportedError("no cuDNN RNN op runs in the model; convert it with the TFLite converter as it is",
+                               source)
+    return out, report
+
+
+def _save_fixed_batch(src: Path, dst: Path, batch: int) -> None:
+    """Re-save the SavedModel at src with every signature input's first dimension = batch."""
+    loaded = tf.saved_model.load(str(src))
+    module = tf.Module()
+    module.model = loaded  # keeps its variables tracked
+    signatures = {}
+    for key, fn in loaded.signatures.items():
+        specs = fn.structured_input_signature[1]
+        names = sorted(specs)
+        fixed = [tf.TensorSpec([batch] + specs[n].shape.as_list()[1:] if specs[n].shape.rank else specs[n].shape,
+                               specs[n].dtype, name=n) for n in names]
+
+        def call(*args, fn=fn, names=names):
+            return fn(**dict(zip(names, args)))
+
+        signatures[key] = tf.function(call, input_signature=fixed).get_concrete_function()
+    tf.saved_model.save(module, str(dst), signatures=signatures)
+
+
+def to_tflite(saved_model_dir, signature: str = "serving_default") -> bytes:
+    """TFLITE_BUILTINS-only conversion (no Flex, no TF ops) of one signature of a SavedModel.
+
+    Through the loaded signature's concrete function: `from_saved_model` fuses the LSTMs
+    too, but in TF 2.21 fails to lower the TensorList ops of graphfix's While loops (GRU,
+    SimpleRNN, masked or return_state LSTM) that this path lowers.
+    """
+    loaded = tf.saved_model.load(str(saved_model_dir))
+    if signature not in loaded.signatures:
+        raise UnsupportedError(f"no signature {signature!r} (has {sorted(loaded.signatures)})", str(saved_model_dir))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([loaded.signatures[signature]], loaded)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+        return converter.convert()
+    except Exception as exc:  # the converter raises ConverterError with MLIR diagnostics
+        first = str(exc).strip().splitlines()
+        raise UnsupportedError("the TFLite converter (TFLITE_BUILTINS only) refused the converted model: "
+                               + " | ".join(line for line in first if "error" in line.lower())[:2000],
+                               str(saved_model_dir)) from None
+
+
+def tflite_ops(content: bytes) -> list[str]:
+    """The operator of every node of every subgraph of a .tflite flatbuffer, e.g. 'WHILE'."""
+    from tensorflow.lite.python import schema_py_generated as schema  # noqa: PLC0415
+    model = schema.Model.GetRootAsModel(content, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        codes.append(names.get(builtin, str(builtin)) if builtin != schema.BuiltinOperator.CUSTOM
+                     else f"CUSTOM:{code.CustomCode().decode()}")
+    ops = []
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        ops += [codes[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength())]
+    return ops
+
+
+def _write_file(path: Path, content: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(content)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write: {exc.strerror or exc}", str(path)) from None
