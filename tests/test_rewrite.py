@@ -5,8 +5,11 @@ runs the result on CPU and compares with graphfix.reference (itself checked agai
 in test_reference.py). Structure is asserted too: no Cudnn* op is left anywhere.
 """
 
+import difflib
+
 import numpy as np
 import pytest
+from google.protobuf import text_format
 import tensorflow as tf
 
 import graphfix
@@ -137,7 +140,10 @@ def test_input_graph_not_modified_and_output_deterministic():
     first, _ = graphfix.convert_graph_def(case.graph_def)
     second, _ = graphfix.convert_graph_def(case.graph_def)
     assert case.graph_def.SerializeToString(deterministic=True) == before
-    assert first.SerializeToString(deterministic=True) == second.SerializeToString(deterministic=True)
+    if first.SerializeToString(deterministic=True) != second.SerializeToString(deterministic=True):
+        diff = difflib.unified_diff(text_format.MessageToString(first).splitlines(),
+                                    text_format.MessageToString(second).splitlines(), n=3, lineterm="")
+        pytest.fail("two conversions of one graph differ:\n" + "\n".join(list(diff)[:80]))
 
 
 # --- refusals ---------------------------------------------------------------------------
