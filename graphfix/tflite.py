@@ -7,8 +7,10 @@
          masked or return_state LSTMs) a While loop with static TensorList element shapes
       -> saved again with every signature input's first (batch) dimension fixed to B
          (tf.saved_model.load + tf.function(input_signature=...) + tf.saved_model.save):
-         TFLite needs the states' shapes static, and they derive from the input's batch
-      -> optionally tf.lite.TFLiteConverter.from_saved_model(builtins only) -> FILE.tflite
+         TFLite needs the states' shapes static, and they derive from the input's batch;
+         frozen (variables folded into constants) when no LSTM is fused, since TF 2.21's
+         from_saved_model lowers the loops' TensorList ops only so (`_save_for_tflite`)
+      -> optionally TFLITE_BUILTINS-only conversion of the signature -> FILE.tflite
 
 Assumes a signature input's first dimension is the batch (Keras models).
 """
@@ -40,14 +42,21 @@ CELL_CLIP = 10.0  # TFLite's fused LSTM clips the cell state to +-10
 class Target:
     """How to emit for TFLite. batch: the fixed batch size; fuse_lstm: use the fused op where possible."""
 
-    batch: int
+    batch: int | None  # None: each op's own static batch
     fuse_lstm: bool = True
+    fetches: frozenset = frozenset()  # graph tensor names the signatures output ("rnn:2")
 
 
 def target_call(body: Body, node, fop, target: Target, report: Report):
     """The RnnCall for one forward op on the TFLite target, with a note in the report why."""
-    why_not = _why_not_fused(body, node, fop) if target.fuse_lstm else "--no-fused-lstm"
-    call = dataclasses.replace(fop.call, static_batch=target.batch, fused_lstm=why_not is None)
+    batch = target.batch
+    if batch is None:
+        batch = fop.x_shape[1 if fop.time_major else 0] if fop.x_shape.rank else None
+        if batch is None:
+            raise UnsupportedError("the TFLite target needs a static batch and this op's input has none: pass "
+                                   "--batch-size N", f"{body.where}, node {node.name!r}")
+    why_not = _why_not_fused(body, node, fop, target.fetches) if target.fuse_lstm else "--no-fused-lstm"
+    call = dataclasses.replace(fop.call, static_batch=batch, fused_lstm=why_not is None)
     how = "fused LSTM (UNIDIRECTIONAL_SEQUENCE_LSTM)" if why_not is None else f"While loop ({why_not})"
     report.helpers.append(f"TFLite: {node.name!r} ({body.where}) -> {how}")
     if why_not is None:
@@ -63,7 +72,7 @@ def target_call(body: Body, node, fop, target: Target, report: Report):
     return call
 
 
-def _why_not_fused(body: Body, node, fop) -> str | None:
+def _why_not_fused(body: Body, node, fop, fetches=frozenset()) -> str | None:
     spec = fop.spec
     if spec.mode != "lstm":
         return f"{spec.mode}: TFLite fuses LSTMs only"
@@ -75,7 +84,7 @@ def _why_not_fused(body: Body, node, fop) -> str | None:
         return f"{fop.dtype.name}"
     if fop.lengths_ref is not None and not _full_lengths(body, node, fop):
         return "sequence lengths (masking): the fused op has none"
-    if _output_live(body, node, 2):
+    if _output_live(body, node, 2, fetches):
         return "final cell state used (return_state): the fused op does not output it"
     return None
 
@@ -126,14 +135,16 @@ def _const(body: Body, ref):
     return tf.make_ndarray(node.attr["value"].tensor)
 
 
-def _output_live(body: Body, node, index: int) -> bool:
-    """Whether output `index` of `node` reaches the body's results (any consumer, in a graph).
+def _output_live(body: Body, node, index: int, fetches=frozenset()) -> bool:
+    """Whether output `index` of `node` reaches the body's results (in a graph: any consumer,
+    or a fetch, i.e. a tensor a signature outputs).
 
     A traced Keras function keeps nodes nothing uses (the squeezed final cell state of a
     layer without return_state): those do not count.
     """
     if not isinstance(body, FunctionBody):
-        return any(ref.index == index for _, _, ref in body.consumers(node.name))
+        return (f"{node.name}:{index}" in fetches
+                or any(ref.index == index for _, _, ref in body.consumers(node.name)))
     results = {ref.node for _, ref in body.output_refs() if ref is not None and not ref.is_arg}
     users: dict[str, set[str]] = {}
     for n in body.nodes:
@@ -178,24 +189,18 @@ def signature_batch(proto) -> set[int | None]:
     return sizes
 
 
-def choose_batch(proto, batch_size: int | None, where: str) -> int:
-    """The batch to fix: batch_size, or the signatures' own static batch."""
-    sizes = signature_batch(proto)
+def choose_batch(proto, batch_size: int | None, where: str) -> int | None:
+    """The batch to fix: batch_size; None when every signature input's first dimension is
+    static already (each op's static batch is used; time-major models keep theirs)."""
     if batch_size is not None:
         if batch_size < 1:
             raise UnsupportedError(f"--batch-size must be at least 1, got {batch_size}", where)
-        fixed = sizes - {None}
-        if fixed and fixed != {batch_size}:
-            raise UnsupportedError(f"the signatures fix the batch to {sorted(fixed)}, not --batch-size "
-                                   f"{batch_size}", where)
         return batch_size
-    if None in sizes or not sizes:
+    if None in signature_batch(proto):
         raise UnsupportedError(
             "the TFLite target needs a fixed batch size (the fused LSTM and TFLite's loops need static "
             "state shapes), and the model's signatures leave it open: pass --batch-size N", where)
-    if len(sizes) > 1:
-        raise UnsupportedError(f"the signatures have different batch sizes {sorted(sizes)}", where)
-    return sizes.pop()
+    return None
 
 
 def convert_for_tflite(src, dst=None, batch_size: int | None = None, tflite_file=None, force: bool = False,
@@ -220,13 +225,25 @@ def convert_for_tflite(src, dst=None, batch_size: int | None = None, tflite_file
     work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".work", dir=parent))
     try:
         saved_model_io.write_saved_model(src, converted, work / "cpu", force=False)
-        _save_fixed_batch(work / "cpu", work / "fixed", batch)
-        content = to_tflite(work / "fixed") if tflite_file is not None else None
-        saved_model_io._move_into_place(work / "fixed", dst, force)  # noqa: SLF001 (same package)
+        fused = [h for h in report.helpers if "-> fused LSTM" in h]
+        loops = [h for h in report.helpers if "-> While loop" in h]
+        ready = work / "cpu"
+        # TF1 graphs (no object graph) with static signatures stay as converted
+        if batch is not None or any(m.object_graph_def.nodes for m in proto.meta_graphs):
+            _save_for_tflite(ready, work / "ready", batch, freeze=not fused)
+            ready = work / "ready"
+        if fused and loops:
+            report.warnings.append(
+                "this model has both fused LSTMs and While loops: TFLiteConverter.from_saved_model (TF 2.21) "
+                "cannot convert the output with builtins only; use graphfix's --tflite, or "
+                "graphfix.tflite.to_tflite(), which convert through the signature's concrete function")
+        content = to_tflite(ready) if tflite_file is not None else None
+        saved_model_io._move_into_place(ready, dst, force)  # noqa: SLF001 (same package)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report.output = str(dst)
-    report.helpers.append(f"TFLite: signatures fixed to batch {batch}")
+    if batch is not None:
+        report.helpers.append(f"TFLite: signatures fixed to batch {batch}")
     if content is not None:
         _write_file(Path(tflite_file), content)
         report.helpers.append(f"TFLite: wrote {tflite_file} ({len(content)} bytes; ops: "
@@ -240,6 +257,9 @@ def _convert_proto(proto, source, gate_order, target: Target):
     out.CopyFrom(proto)
     report = Report(source=source)
     for meta in out.meta_graphs:
+        fetches = frozenset(_tensor_name(info.name) for sig in meta.signature_def.values()
+                            for info in sig.outputs.values())
+        target = dataclasses.replace(target, fetches=fetches)
         try:
             converted, part = rewrite.convert_graph_def(
                 meta.graph_def, source=source, roots=list(meta.object_graph_def.concrete_functions),
@@ -254,31 +274,53 @@ def _convert_proto(proto, source, gate_order, target: Target):
     return out, report
 
 
-def _save_fixed_batch(src: Path, dst: Path, batch: int) -> None:
-    """Re-save the SavedModel at src with every signature input's first dimension = batch."""
+def _tensor_name(name: str) -> str:
+    return name if ":" in name else f"{name}:0"
+
+
+def _save_for_tflite(src: Path, dst: Path, batch: int | None, freeze: bool) -> None:
+    """Re-save the SavedModel at src with every signature input's first dimension = batch
+    (unless None); freeze: with its variables folded into constants.
+
+    `TFLiteConverter.from_saved_model` (TF 2.21) lowers the While loops' TensorList ops only
+    when their weights are constants; but freezing inlines functions, which loses the fused
+    LSTMs' composite functions. So: frozen when no LSTM is fused, not frozen otherwise.
+    """
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2  # noqa: PLC0415
     loaded = tf.saved_model.load(str(src))
-    module = tf.Module()
-    module.model = loaded  # keeps its variables tracked
     signatures = {}
     for key, fn in loaded.signatures.items():
+        frozen = convert_variables_to_constants_v2(fn) if freeze else fn
         specs = fn.structured_input_signature[1]
         names = sorted(specs)
-        fixed = [tf.TensorSpec([batch] + specs[n].shape.as_list()[1:] if specs[n].shape.rank else specs[n].shape,
+        fixed = [tf.TensorSpec([batch] + specs[n].shape.as_list()[1:]
+                               if batch is not None and specs[n].shape.rank else specs[n].shape,
                                specs[n].dtype, name=n) for n in names]
 
-        def call(*args, fn=fn, names=names):
-            return fn(**dict(zip(names, args)))
-
+        call = _caller(frozen, names, fn.structured_outputs)
         signatures[key] = tf.function(call, input_signature=fixed).get_concrete_function()
+    module = tf.Module()
+    if not freeze:
+        module.model = loaded  # keeps its variables tracked
     tf.saved_model.save(module, str(dst), signatures=signatures)
 
 
-def to_tflite(saved_model_dir, signature: str = "serving_default") -> bytes:
-    """TFLITE_BUILTINS-only conversion (no Flex, no TF ops) of one signature of a SavedModel.
+def _caller(fn, names, structure):
+    """fn(**inputs) as a function of positional args; outputs packed as `structure` (a
+    frozen signature answers a flat list). A closure, since tf.function would take default
+    arguments for inputs."""
+    def call(*args):
+        return tf.nest.pack_sequence_as(structure, tf.nest.flatten(fn(**dict(zip(names, args)))))
+    return call
 
-    Through the loaded signature's concrete function: `from_saved_model` fuses the LSTMs
-    too, but in TF 2.21 fails to lower the TensorList ops of graphfix's While loops (GRU,
-    SimpleRNN, masked or return_state LSTM) that this path lowers.
+
+def to_tflite(saved_model_dir, signature: str = "serving_default") -> bytes:
+    """TFLITE_BUILTINS-only conversion (no Flex, no TF ops) of one signature of a SavedModel
+    that `convert_for_tflite` wrote.
+
+    Through the loaded signature's concrete function, which converts every output;
+    `from_saved_model` converts those without both fused LSTMs and While loops (see
+    `_save_for_tflite`).
     """
     loaded = tf.saved_model.load(str(saved_model_dir))
     if signature not in loaded.signatures:

@@ -55,6 +55,8 @@ CASES = {
     "lstm_return_state": (lambda k, x: k.layers.LSTM(5, return_state=True)(x), _plain, (), 0, True),
     # Masking -> sequence lengths, which the fused op has not: While loop
     "masked_lstm": (lambda k, x: k.layers.LSTM(5)(k.layers.Masking()(x)), _masked, (), 0, True),
+    # mixed: converts through --tflite; from_saved_model cannot (warned)
+    "lstm_then_gru": (lambda k, x: k.layers.GRU(3)(k.layers.LSTM(5, return_sequences=True)(x)), _plain, (), 1, True),
     "masked_lstm_sequences": (lambda k, x: k.layers.LSTM(3, return_sequences=True)(k.layers.Masking()(x)),
                               _masked, (0,), 0, True),
 }
@@ -82,6 +84,12 @@ def test_keras3_to_litert(name, tmp_path):
     assert (WHILE in ops) == has_while, ops
     assert not any(n.startswith("TENSOR_LIST") for n in ops)
     assert len([h for h in report.helpers if "fused LSTM" in h]) == fused, report.lines()
+    mixed = fused and has_while
+    assert any("from_saved_model" in w for w in report.warnings) == bool(mixed), report.warnings
+    if not mixed:  # the written SavedModel converts through the converter's own entry point too
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "out"), signature_keys=["serving_default"])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        assert sorted(tflite.tflite_ops(converter.convert())) == sorted(ops)
 
     interpreter = litert.Interpreter(model_content=content)
     runner = interpreter.get_signature_runner("serving_default")
@@ -164,3 +172,44 @@ def test_no_cell_clip_warning_within_ten_steps(tmp_path):
     assert not any("cell_clip" in w for w in report.warnings)
     got = run_litert((tmp_path / "m.tflite").read_bytes(), {"x": feed})["output_0"]
     assert np.max(np.abs(got - want)) <= ATOL
+
+
+# ---------------------------------------------------------------------------------------------
+# TF1 graphs (time-major, batch static in the signature): plain RNN, GRU, and an LSTM whose
+# final cell state is a signature output (so it cannot be fused)
+
+
+@pytest.mark.parametrize("mode, fused", [("rnn_tanh", 0), ("gru", 0), ("lstm", 0)])
+def test_tf1_bidirectional_two_layers(mode, fused, tmp_path):
+    from graphfix import layout
+    from saved_models import save_tf1_cudnn
+
+    spec = layout.RnnSpec(mode, 2, 4, 3, 2, "linear_input", 0)
+    case = save_tf1_cudnn(mode, tmp_path / "model", op="CudnnRNNV2", spec=spec, time=5, batch=2, seed=3,
+                          use_resource=True)
+    report = tflite.convert_for_tflite(case.path, tmp_path / "out", tflite_file=tmp_path / "m.tflite")
+    assert not any("fixed to batch" in h for h in report.helpers)  # its signature's batch is static already
+    content = (tmp_path / "m.tflite").read_bytes()
+    ops = tflite.tflite_ops(content)
+    assert ops.count(LSTM_OP) == fused and WHILE in ops, ops
+    assert not [op for op in ops if op.startswith("CUSTOM")], ops
+    errors = max_errors([run_litert(content, case.feeds[0])], case.expected)
+    assert max(errors.values()) <= ATOL, errors
+
+
+def test_keras3_static_batch_needs_no_option(tmp_path):
+    import keras
+
+    def build():
+        x = keras.Input((TIME, FEATURES), batch_size=2)
+        return keras.Model(x, keras.layers.GRU(3, return_sequences=True)(x))
+
+    inputs = lambda rng: [(uniform(rng, (2, TIME, FEATURES), 1.0), None)]  # noqa: E731
+    case = save_keras3("static_gru", tmp_path / "model", build, inputs, seed=5)
+    tflite.convert_for_tflite(case.path, tmp_path / "out", tflite_file=tmp_path / "m.tflite")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "out"), signature_keys=["serving_default"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    content = converter.convert()
+    assert WHILE in tflite.tflite_ops(content)
+    errors = max_errors([run_litert(content, case.feeds[0])], case.expected)
+    assert max(errors.values()) <= ATOL, errors
