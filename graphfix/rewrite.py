@@ -150,6 +150,7 @@ class Shapes:
 
     def __init__(self, base: Callable[[], tf.Graph], body: Body):
         self.graph = None
+        self.error: str | None = None  # why shapes are unavailable, for messages that need them
         try:
             base = base()
             if isinstance(body, GraphBody):
@@ -158,6 +159,7 @@ class Shapes:
                 with base.as_default():
                     self.graph = function_def_to_graph.function_def_to_graph(body.container)
         except Exception as exc:  # shapes are a help, not a need: fall back to params sizes
+            self.error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log.debug("static shapes unavailable for %s: %s", body.where, exc)
 
     def input_shape(self, node_name: str, index: int) -> tf.TensorShape:
@@ -276,12 +278,20 @@ def read_forward_op(body: Body, node, shapes: "Shapes", folder: Folder, gate_ord
         warnings.append(f"{where}: gate order {gate_order} applies to LSTM gates only; this {mode} op is read in "
                         "cuDNN's order")
     num_dirs = 2 if direction == "bidirectional" else 1
+    input_mode_attr = _attr(node, "input_mode")
+    if input_mode_attr not in layout.INPUT_MODES + ("auto_select",):
+        raise UnsupportedError(f"attribute input_mode={input_mode_attr!r} is not one of "
+                               f"{list(layout.INPUT_MODES) + ['auto_select']}", where)
 
     inputs = body.data_inputs(node)
     x_ref, h_ref, c_ref, params_ref = inputs[:4]
     params = folder.fold(params_ref)
     if params is not None and params.ndim != 1:
         raise LayoutError(f"params must be 1-D, got shape {params.shape}", where)
+    if params is not None and params.dtype != dtype.as_numpy_dtype:
+        raise UnsupportedError(f"params are {tf.as_dtype(params.dtype).name} but attribute T={dtype.name}: "
+                               "the op needs params of its own type", where)
+    unknown_why = f" (TensorFlow could not infer shapes: {shapes.error})" if shapes.error else ""
     x_shape, h_shape, c_shape = (shapes.input_shape(node.name, i) for i in range(3))
     param_count = params.size if params is not None else _dim(shapes.input_shape(node.name, 3), 0)
 
@@ -289,18 +299,18 @@ def read_forward_op(body: Body, node, shapes: "Shapes", folder: Folder, gate_ord
     state_count = _dim(h_shape, 0 if time_major else 1)
     if hidden is None or state_count is None:
         raise UnsupportedError(
-            f"cannot tell num_units/num_layers: input_h has unknown static shape {h_shape}; "
+            f"cannot tell num_units/num_layers: input_h has unknown static shape {h_shape}{unknown_why}; "
             "give the model static state shapes", where)
     if num_proj and hidden != num_proj:
         raise LayoutError(f"input_h last dimension {hidden} != num_proj {num_proj}", where)
     units = (_dim(c_shape, 2) if num_proj else hidden)
     if units is None:
-        raise UnsupportedError(f"cannot tell num_units: input_c has unknown static shape {c_shape}", where)
+        raise UnsupportedError(f"cannot tell num_units: input_c has unknown static shape {c_shape}{unknown_why}",
+                               where)
     if state_count % num_dirs:
         raise LayoutError(f"input_h holds {state_count} states, not a multiple of {num_dirs} directions", where)
     num_layers = state_count // num_dirs
     input_size = _dim(x_shape, 2)
-    input_mode_attr = _attr(node, "input_mode")
     if input_size is None:
         if param_count is None:
             raise UnsupportedError("cannot tell the input size: neither the input's last dimension "

@@ -125,7 +125,11 @@ def _move_into_place(tmp: Path, dst: Path, force: bool) -> None:
     old = dst.with_name(f".{dst.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     os.replace(dst, old)
-    os.replace(tmp, dst)
+    try:
+        os.replace(tmp, dst)
+    except OSError:
+        os.replace(old, dst)  # put the previous output back: a failed run changes nothing
+        raise
     if old.is_dir():
         shutil.rmtree(old)
     else:

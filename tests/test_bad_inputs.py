@@ -276,9 +276,7 @@ SCENARIOS = {
     "attr_direction_unknown": Scenario(_one("direction.pb"), ("model.pb",), 4,
                                        ("model.pb", "'rnn'", "direction='sideways'")),
     "attr_input_mode_unknown": Scenario(_one("input_mode.pb"), ("model.pb",), 4,
-                                        ("model.pb", "'rnn'", "input_mode", "magic_input"),
-                                        bug="the message blames input_h's unknown static shape (shape inference "
-                                            "fails on the bad attr), not input_mode='magic_input'"),
+                                        ("model.pb", "'rnn'", "input_mode", "magic_input")),
     "attr_T_int32": Scenario(_one("T_int32.pb"), ("model.pb",), 4, ("model.pb", "'rnn'", "T=", "int32")),
     "attr_T_string": Scenario(_one("T_string.pb"), ("model.pb",), 4, ("model.pb", "'rnn'", "T=", "string")),
     "params_one_too_many": Scenario(_one("params_plus1.pb"), ("model.pb",), 3,
@@ -286,9 +284,7 @@ SCENARIOS = {
     "params_one_too_few": Scenario(_one("params_minus1.pb"), ("model.pb",), 3,
                                    ("model.pb", "'rnn'", f"has {N - 1} elements", f"needs {N}")),
     "params_float64_on_float32_op": Scenario(_one("params_f64.pb"), ("model.pb",), 4,
-                                             ("model.pb", "'rnn'", "params", "float64"),
-                                             bug="the message blames input_h's unknown static shape (shape "
-                                                 "inference fails on the dtype mismatch), not the float64 params"),
+                                             ("model.pb", "'rnn'", "params", "float64")),
     "params_2d": Scenario(_one("params_2d.pb"), ("model.pb",), 3, ("model.pb", "'rnn'", "1-D", f"(2, {N // 2})")),
     "num_proj_disagrees_with_input_h": Scenario(_one("num_proj.pb"), ("model.pb",), 3,
                                                 ("model.pb", "'rnn'", "num_proj 2", "input_h")),
@@ -333,9 +329,7 @@ SCENARIOS = {
                                                   patch="replace_tmp"),
     "out_force_replace_fails_saved_model": Scenario(
         {"out/keep.txt": "junk"}, ("model", "-o", "out", "-f"), 5, ("out", "cannot write", os.strerror(errno.ENOSPC)),
-        saved_model=lambda sm: None, patch="replace_tmp",
-        bug="saved_model_io._move_into_place renames the existing output to .out.old before moving the new "
-            "folder in; when that second rename fails, the old output is left at .out.old and out/ is gone"),
+        saved_model=lambda sm: None, patch="replace_tmp"),
     "pbtxt_binary_bytes": Scenario({"model.pbtxt": "random.pb"}, ("model.pbtxt",), 2,
                                    ("model.pbtxt", "not a valid text graphdef")),
     "out_disk_full_saved_model": Scenario({}, ("model", "-o", "out"), 5,
