@@ -213,3 +213,23 @@ def test_keras3_static_batch_needs_no_option(tmp_path):
     assert WHILE in tflite.tflite_ops(content)
     errors = max_errors([run_litert(content, case.feeds[0])], case.expected)
     assert max(errors.values()) <= ATOL, errors
+
+
+@pytest.mark.parametrize("kind, op", [("LSTM", LSTM_OP), ("GRU", WHILE)])
+def test_open_sequence_length(kind, op, tmp_path):
+    """Only the batch must be fixed: one .tflite runs 7 and 3 steps (LiteRT resizes its input)."""
+    def build():
+        import keras
+        x = keras.Input((None, FEATURES))
+        return keras.Model(x, getattr(keras.layers, kind)(5, return_sequences=True)(x))
+
+    inputs = lambda rng: [(uniform(rng, (2, t, FEATURES), 1.0), None) for t in (7, 3)]  # noqa: E731
+    case = save_keras3(kind, tmp_path / "model", build, inputs, seed=6)
+    report = tflite.convert_for_tflite(case.path, tmp_path / "out", batch_size=2, tflite_file=tmp_path / "m.tflite")
+    assert any("cell_clip" in w for w in report.warnings) == (kind == "LSTM")  # open T: clipping possible
+    content = (tmp_path / "m.tflite").read_bytes()
+    assert op in tflite.tflite_ops(content)
+    runner = litert.Interpreter(model_content=content).get_signature_runner("serving_default")
+    got = [{k: np.asarray(v) for k, v in runner(**feeds).items()} for feeds in case.feeds]
+    errors = max_errors(got, case.expected)
+    assert max(errors.values()) <= ATOL, errors
