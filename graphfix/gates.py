@@ -67,8 +67,14 @@ def reading(get_piece: Callable[[Piece], object], spec: RnnSpec, order: str) -> 
 
 
 def to_cudnn_order(buf: np.ndarray, spec: RnnSpec, order: str) -> np.ndarray:
-    """A copy of a 1-D stored buffer [N] with its gates permuted into cuDNN order."""
+    """The 1-D stored buffer [N] with its gates permuted into cuDNN order.
+
+    Returns `buf` itself (no copy) when `order` changes nothing for `spec`: buffers can be
+    gigabytes. Otherwise a permuted copy.
+    """
     buf = np.asarray(buf)
+    if not applies(spec, order):
+        return buf
     out = buf.copy()
     for p, src in stored_pieces(spec, order).items():
         out[p.offset:p.offset + p.size] = buf[src.offset:src.offset + src.size]

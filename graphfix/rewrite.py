@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 from typing import Callable
 
@@ -345,7 +346,7 @@ def _convert_forward(ctx, body, node, shapes: "Shapes", folder: Folder) -> Tenso
     if ctx.tflite_target is not None:
         from graphfix import tflite  # noqa: PLC0415 (TFLite target only)
         call = tflite.target_call(body, node, fop, ctx.tflite_target, ctx.report)
-    fname = _function_name(body, node)
+    fname = _function_name(body, node, call)
     # TFLite's converter fails to lower the While loop of a function called from two places
     key = ("rnn", call) if ctx.tflite_target is None else ("rnn", call, fname)
     traced = ctx.function(key, lambda: emit.trace_rnn(call, fname))
@@ -379,10 +380,16 @@ def _convert_forward(ctx, body, node, shapes: "Shapes", folder: Folder) -> Tenso
     return fop.params_ref if fop.params is not None else None
 
 
-def _function_name(body: Body, node) -> str:
-    """Library name for a node's replacement; function bodies prefix their own name."""
+def _function_name(body: Body, node, config) -> str:
+    """Library name for a node's replacement: its path plus a digest of its configuration.
+
+    The digest keeps two converted models that share a node name but not a configuration
+    loadable in one process (TensorFlow refuses two different functions of one name).
+    config: anything whose repr is deterministic (an RnnCall, an RnnSpec, shapes).
+    """
     path = f"{body.container.signature.name}/{node.name}" if isinstance(body, FunctionBody) else node.name
-    return emit.function_name_for(path)
+    digest = hashlib.sha1(repr(config).encode()).hexdigest()[:8]
+    return emit.function_name_for(path, f"_{digest}")
 
 
 def _solve_input_size(count, mode, layers, units, dirs, input_mode, num_proj, where, node):
@@ -535,7 +542,7 @@ def _convert_canonical_to_params(ctx, body, node, shapes, folder):
     dtype = _attr(node, "T")
     traced = emit.trace_canonical_to_params(
         [s if s.rank is not None else None for s in part_shapes], dtype,
-        _function_name(body, node))
+        _function_name(body, node, (part_shapes, dtype)))
     ctx.add_function(traced)
     data = list(node.input[3:3 + len(pieces_in)])
     controls = [i for i in node.input if i.startswith("^")]
@@ -550,7 +557,7 @@ def _convert_params_to_canonical(ctx, body, node, shapes, folder):
     spec = _spec_from_size_inputs(body, node, folder, where)
     dtype = _attr(node, "T")
     traced = emit.trace_params_to_canonical(
-        spec, dtype, _function_name(body, node))
+        spec, dtype, _function_name(body, node, (spec, dtype)))
     expected = len(traced.output_types)
     declared = (node.attr["num_params"].i * 2 if "num_params" in node.attr
                 else node.attr["num_params_weights"].i + node.attr["num_params_biases"].i)
