@@ -254,9 +254,14 @@ def _trace(fn, signature, name) -> TracedFunction:
 
 
 def _function_refs(fdef):
-    """Yield every AttrValue in fdef's nodes that names a function."""
+    """Yield every AttrValue in fdef's nodes that names a function, in a fixed order.
+
+    Attribute maps iterate in no defined order, and renaming numbers functions in the order
+    found: sort by key so that the output does not depend on the process.
+    """
     for node in fdef.node_def:
-        for value in node.attr.values():
+        for key in sorted(node.attr):
+            value = node.attr[key]
             if value.HasField("func"):
                 yield value.func
             for f in value.list.func:
