@@ -126,3 +126,15 @@ def run_graph_def(graph_def, feeds: dict, fetches: list) -> list[np.ndarray]:
     config = tf.compat.v1.ConfigProto(device_count={"GPU": 0})
     with tf.compat.v1.Session(graph=graph, config=config) as session:
         return session.run(fetches, feed_dict=feeds)
+
+
+def training_graph_def():
+    """A GRU whose reserve_space (output 3) feeds "keep_reserve", as a training graph's would."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [5, 2, 3], name="x")
+        h = tf.zeros([1, 2, 4])
+        params = tf.constant(np.zeros(layout.params_size(layout.RnnSpec("gru", 1, 4, 3)), np.float32))
+        outs = tf.raw_ops.CudnnRNNV2(input=x, input_h=h, input_c=h, params=params, rnn_mode="gru", name="rnn")
+        tf.identity(outs[3], name="keep_reserve")
+    return graph.as_graph_def()

@@ -22,24 +22,23 @@ Keras CPU result with those steps zeroed; ``keras`` keeps the raw CPU result.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+import keras_graphs
 from graphfix import layout, reference
 from graphfix.rewrite import find_cudnn_nodes
 
 REPO = Path(__file__).resolve().parents[1]
-KERAS3_RNN_MODULE = "keras.src.backend.tensorflow.rnn"
 ATOL = 1e-5  # float32, absolute
 
 
@@ -158,22 +157,9 @@ def random_weights(rng: np.random.Generator, weights) -> list[np.ndarray]:
     return [uniform(rng, np.shape(w)) for w in weights]
 
 
-@contextlib.contextmanager
-def keras3_gpu_path(enabled: bool) -> Iterator[None]:
-    """Make Keras 3 trace its cuDNN branch (enabled) or its CPU loop, restoring it after.
-
-    ``import keras.src.backend.tensorflow.rnn as m`` would bind the function of that name,
-    not the module, hence sys.modules.
-    """
-    import keras  # noqa: F401  (loads the backend module)
-
-    module = sys.modules[KERAS3_RNN_MODULE]
-    original = module._is_gpu_available
-    module._is_gpu_available = lambda: enabled
-    try:
-        yield
-    finally:
-        module._is_gpu_available = original
+def keras3_gpu_path(enabled: bool):
+    """Make Keras 3 trace its cuDNN branch (enabled) or its CPU loop, restoring it after."""
+    return keras_graphs.keras3_cudnn_path(enabled)
 
 
 def padding(lengths: Sequence[int], time: int) -> np.ndarray:

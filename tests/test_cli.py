@@ -28,7 +28,7 @@ from google.protobuf import text_format
 
 from graphfix import layout, reference
 from graphfix.rewrite import find_cudnn_nodes
-from raw_graphs import build, run_graph_def
+from raw_graphs import build, run_graph_def, training_graph_def
 
 REPO = Path(__file__).resolve().parent.parent
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
@@ -63,16 +63,6 @@ def _with_params_size(graph_def, size):
     return out
 
 
-def _training_graph_def():
-    """A GRU whose reserve_space (output 3) feeds "keep_reserve", as a training graph's would."""
-    graph = tf.Graph()
-    with graph.as_default():
-        x = tf.compat.v1.placeholder(tf.float32, [5, 2, 3], name="x")
-        h = tf.zeros([1, 2, 4])
-        params = tf.constant(np.zeros(layout.params_size(layout.RnnSpec("gru", 1, 4, 3)), np.float32))
-        outs = tf.raw_ops.CudnnRNNV2(input=x, input_h=h, input_c=h, params=params, rnn_mode="gru", name="rnn")
-        tf.identity(outs[3], name="keep_reserve")
-    return graph.as_graph_def()
 
 
 def _plain_graph_def():
@@ -97,7 +87,7 @@ def contents(cases):
         "dropout.pb": cases["dropout"].graph_def.SerializeToString(),
         "plain.pb": _plain_graph_def().SerializeToString(),
         "bad_params.pb": _with_params_size(cases["lstm"].graph_def, LSTM_SIZE + 1).SerializeToString(),
-        "training.pb": _training_graph_def().SerializeToString(),
+        "training.pb": training_graph_def().SerializeToString(),
         "truncated.pb": lstm[:len(lstm) // 2],
         "random.pb": np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes(),
         "hello.pbtxt": b"hello world\n",
