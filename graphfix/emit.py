@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from graphfix import gates
+from graphfix.graph import function_refs
 from graphfix.layout import RnnSpec, pieces
 from graphfix.weights import graph_weights, weight_slots
 
@@ -253,21 +254,6 @@ def _trace(fn, signature, name) -> TracedFunction:
     return TracedFunction(renamed[0].signature.name, in_types, out_types, renamed)
 
 
-def _function_refs(fdef):
-    """Yield every AttrValue in fdef's nodes that names a function, in a fixed order.
-
-    Attribute maps iterate in no defined order, and renaming numbers functions in the order
-    found: sort by key so that the output does not depend on the process.
-    """
-    for node in fdef.node_def:
-        for key in sorted(node.attr):
-            value = node.attr[key]
-            if value.HasField("func"):
-                yield value.func
-            for f in value.list.func:
-                yield f
-
-
 def _rename_functions(root: str, library: dict, base: str) -> list:
     """Copy `root` and the functions it reaches, named base, base__1, ... in call order.
 
@@ -280,14 +266,14 @@ def _rename_functions(root: str, library: dict, base: str) -> list:
         if fname in order or fname not in library:
             continue
         order.append(fname)
-        queue.extend(f.name for f in _function_refs(library[fname]))
+        queue.extend(f.name for f in function_refs(library[fname].node_def))
     new_names = {old: base if i == 0 else f"{base}__{i}" for i, old in enumerate(order)}
     out = []
     for old in order:
         fdef = type(library[old])()
         fdef.CopyFrom(library[old])
         fdef.signature.name = new_names[old]
-        for ref in _function_refs(fdef):
+        for ref in function_refs(fdef.node_def):
             ref.name = new_names.get(ref.name, ref.name)
         _rename_args(fdef, new_names)
         out.append(fdef)

@@ -171,5 +171,19 @@ def bodies(graph_def: graph_pb2.GraphDef) -> list[Body]:
     return [GraphBody(graph_def)] + [FunctionBody(f) for f in graph_def.library.function]
 
 
+def function_refs(nodes) -> Iterator:
+    """Every function reference (NameAttrList) in the nodes' attributes, in a fixed order.
+
+    Attribute maps iterate in no defined order; the traced-function renaming numbers
+    functions in the order found, so keys are sorted to keep the output process-independent.
+    """
+    for node in nodes:
+        for key in sorted(node.attr):
+            value = node.attr[key]
+            if value.HasField("func"):
+                yield value.func
+            yield from value.list.func
+
+
 def is_cudnn(op_type: str) -> bool:
     return op_type.startswith("Cudnn")

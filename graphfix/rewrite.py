@@ -26,7 +26,7 @@ from tensorflow.python.framework import function_def_to_graph, op_def_registry
 
 from graphfix import emit, gates, layout, weights
 from graphfix.errors import GraphfixError, LayoutError, UnsupportedError
-from graphfix.graph import Body, FunctionBody, GraphBody, TensorRef, is_cudnn
+from graphfix.graph import Body, FunctionBody, GraphBody, TensorRef, bodies, function_refs, is_cudnn
 from graphfix.report import ConvertedOp, Report
 from graphfix.resolve import CANONICAL_TO_PARAMS, PURE_OPS, Folder
 
@@ -55,7 +55,7 @@ def convert_graph_def(graph_def: graph_pb2.GraphDef, source: str = "<graph>",
     ctx = _Context(out, Report(source=source), gates.check(gate_order), tflite_target=tflite_target)
     live = reachable_functions(out, roots)
     left_alone = set()
-    for body in [GraphBody(out)] + [FunctionBody(f) for f in list(out.library.function)]:
+    for body in bodies(out):  # a list made now: functions added while converting are not revisited
         if not any(is_cudnn(n.op) for n in body.nodes):
             continue
         if isinstance(body, GraphBody) or body.container.signature.name in live:
@@ -65,13 +65,11 @@ def convert_graph_def(graph_def: graph_pb2.GraphDef, source: str = "<graph>",
             # variants and gradient functions so. Some of those (gradients, training-only
             # forward passes) cannot be converted; leaving them all exactly as they were is
             # both safe and faithful.
-            left_alone.add(body.container.signature.name)
+            left_alone.add(body.where)
             ops = sorted({n.op for n in body.nodes if is_cudnn(n.op)})
             ctx.report.left_unchanged.append((body.container.signature.name, ", ".join(ops)))
     ctx.report.cleared_devices = _clear_gpu_devices(out)
-    left = [f"{b.where}: {n.name} ({n.op})" for b in [GraphBody(out)] + [FunctionBody(f) for f in out.library.function]
-            if not (isinstance(b, FunctionBody) and b.container.signature.name in left_alone)
-            for n in b.nodes if is_cudnn(n.op)]
+    left = [f"{where}: {n.name} ({n.op})" for where, n in find_cudnn_nodes(out) if where not in left_alone]
     if left:  # a handler bug, never user error: fail loudly rather than write a GPU-only graph
         raise GraphfixError("cuDNN ops left after conversion: " + ", ".join(left))
     return out, ctx.report
@@ -81,28 +79,19 @@ def reachable_functions(graph_def: graph_pb2.GraphDef, roots=()) -> set[str]:
     """Library functions the graph's nodes, or the named root functions, can call."""
     library = {f.signature.name: f for f in graph_def.library.function}
     seen: set[str] = set()
-    stack = list(roots) + list(_called_functions(graph_def.node))
+    stack = list(roots) + [f.name for f in function_refs(graph_def.node)]
     while stack:
         name = stack.pop()
         if name in seen or name not in library:
             continue
         seen.add(name)
-        stack.extend(_called_functions(library[name].node_def))
+        stack.extend(f.name for f in function_refs(library[name].node_def))
     return seen
-
-
-def _called_functions(nodes):
-    for node in nodes:
-        for value in node.attr.values():
-            if value.HasField("func"):
-                yield value.func.name
-            yield from (f.name for f in value.list.func)
 
 
 def find_cudnn_nodes(graph_def: graph_pb2.GraphDef) -> list[tuple[str, node_def_pb2.NodeDef]]:
     """(where, node) for every cuDNN op in the graph and its function library."""
-    return [(b.where, n) for b in [GraphBody(graph_def)] + [FunctionBody(f) for f in graph_def.library.function]
-            for n in b.nodes if is_cudnn(n.op)]
+    return [(b.where, n) for b in bodies(graph_def) for n in b.nodes if is_cudnn(n.op)]
 
 
 @dataclasses.dataclass
