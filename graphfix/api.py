@@ -50,16 +50,21 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force:
         return _convert_saved_model(src, dst, force, gate_order, verify)
     dst = Path(dst) if dst is not None else default_output_path(src)
     model_io.check_output_path(dst, force, source=src)
-    graph_def = model_io.read_graph_def(src)
+    # Large Const values live outside the proto while converting (graphfix.detached): a
+    # gigabyte params buffer then exists once or twice in memory, not five to seven times.
+    graph_def, consts = model_io.read_graph_def_detached(src)
     try:
-        converted, report = convert_graph_def(graph_def, source=str(src), gate_order=gate_order)
+        converted, converted_consts, report = rewrite.convert_detached(
+            graph_def, consts, source=str(src), gate_order=gate_order)
     except GraphfixError as exc:
         raise exc.at(str(src)) from None
     if report.changed:
         if verify:
             from graphfix import verify as checks
-            _require(report, checks.verify_graph_def(graph_def, converted, report, gate_order), src)
-        model_io.write_graph_def(converted, dst)
+            _require(report, checks.verify_graph_def(consts.attach(graph_def), converted_consts.attach(converted),
+                                                     report, gate_order), src)
+        del graph_def, consts  # the input's values that the output no longer needs can go now
+        model_io.write_graph_def(converted, dst, converted_consts)
         report.output = str(dst)
     return report
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from google.protobuf import message, text_format
 from tensorflow.core.framework import graph_pb2
 
+from graphfix.detached import ConstStore, detach
 from graphfix.errors import InputError, OutputError
 
 TEXT_SUFFIXES = (".pbtxt", ".txt", ".prototxt")
@@ -48,6 +50,11 @@ def read_graph_def(path: str | os.PathLike) -> graph_pb2.GraphDef:
     return graph_def
 
 
+def read_graph_def_detached(path: str | os.PathLike) -> tuple[graph_pb2.GraphDef, ConstStore]:
+    """Parse a GraphDef and detach its large Const values (`graphfix.detached`): (slim graph, values)."""
+    return detach(read_graph_def(path))
+
+
 def serialize_graph_def(graph_def: graph_pb2.GraphDef, text: bool) -> bytes:
     if text:
         return text_format.MessageToString(graph_def).encode("utf-8")
@@ -68,7 +75,12 @@ def check_output_path(path: Path, force: bool, source: Path | None = None) -> No
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file and rename; leave nothing behind on failure.
+    """Write `data` to `path` via a temporary file and rename; leave nothing behind on failure."""
+    write_atomic(path, lambda handle: handle.write(data))
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call write(handle) on a temporary file, then rename it to `path`; on failure remove it.
 
     The file gets the usual mode for new files (0666 less the umask), not mkstemp's 0600,
     so that a serving process under another account can read it.
@@ -78,15 +90,16 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except OSError as exc:
+        raise OutputError(f"cannot write: {exc.strerror or exc}", str(path)) from None
+    finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise OutputError(f"cannot write: {exc.strerror or exc}", str(path)) from None
 
 
 def current_umask() -> int:
@@ -95,5 +108,49 @@ def current_umask() -> int:
     return mask
 
 
-def write_graph_def(graph_def: graph_pb2.GraphDef, path: Path) -> None:
-    write_bytes_atomic(path, serialize_graph_def(graph_def, is_text_path(path)))
+def write_graph_def(graph_def: graph_pb2.GraphDef, path: Path, consts: ConstStore | None = None) -> None:
+    """Write a GraphDef atomically, binary or text by the path's suffix.
+
+    consts: values detached from `graph_def` (`graphfix.detached`). A binary file is then
+    written node by node, each value put back only while its node is written, so memory
+    never holds the whole serialized model; the bytes are those of the complete proto's
+    deterministic serialization.
+    """
+    text = is_text_path(path)
+    if consts is None or not len(consts):
+        write_bytes_atomic(path, serialize_graph_def(graph_def, text))
+    elif text:
+        write_bytes_atomic(path, serialize_graph_def(consts.attach(graph_def), text))
+    else:
+        write_atomic(path, lambda handle: _write_binary_streamed(graph_def, consts, handle))
+
+
+# Wire-format key of GraphDef field 1 (`repeated NodeDef node`), length-delimited: (1 << 3) | 2.
+_NODE_FIELD_KEY = b"\x0a"
+
+
+def _write_binary_streamed(graph_def: graph_pb2.GraphDef, consts: ConstStore, handle: BinaryIO) -> None:
+    """Serialize field by field: each node as protobuf would (key, length, message), then the rest.
+
+    Protobuf writes known fields in field-number order, and `node` is field 1, so this is
+    the same byte string as `consts.attach(graph_def).SerializeToString(deterministic=True)`.
+    """
+    for node in graph_def.node:
+        data = consts.full_node(node).SerializeToString(deterministic=True)
+        handle.write(_NODE_FIELD_KEY + _varint(len(data)))
+        handle.write(data)
+        del data
+    rest = graph_pb2.GraphDef()  # the graph is slim, so copying it whole is cheap
+    rest.CopyFrom(graph_def)
+    rest.ClearField("node")
+    handle.write(rest.SerializeToString(deterministic=True))
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint encoding of a non-negative integer."""
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

@@ -25,6 +25,7 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.python.framework import function_def_to_graph, op_def_registry
 
 from graphfix import emit, gates, layout, weights
+from graphfix.detached import ConstStore
 from graphfix.errors import GraphfixError, LayoutError, UnsupportedError
 from graphfix.graph import Body, FunctionBody, GraphBody, TensorRef, bodies, function_refs, is_cudnn
 from graphfix.report import ConvertedOp, Report
@@ -50,9 +51,24 @@ def convert_graph_def(graph_def: graph_pb2.GraphDef, source: str = "<graph>",
     that neither the graph nor a root calls never runs: it is left as it is and listed in
     `report.left_unchanged`.
     """
+    out, _, report = convert_detached(graph_def, None, source, gate_order, roots, tflite_target)
+    return out, report
+
+
+def convert_detached(graph_def: graph_pb2.GraphDef, consts: ConstStore | None, source: str = "<graph>",
+                     gate_order: str = gates.CUDNN, roots=(), tflite_target=None,
+                     ) -> tuple[graph_pb2.GraphDef, ConstStore | None, Report]:
+    """`convert_graph_def` for a slim graph whose large Const values are in `consts`.
+
+    Returns (slim converted graph, the values it needs, report): folded weights go into
+    the returned store rather than the proto (`graphfix.detached`). Neither input is
+    modified; values are shared, not copied. consts=None: an ordinary, complete GraphDef.
+    """
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
-    ctx = _Context(out, Report(source=source), gates.check(gate_order), tflite_target=tflite_target)
+    working = ConstStore(consts.values) if consts is not None else None
+    ctx = _Context(out, Report(source=source), gates.check(gate_order), tflite_target=tflite_target,
+                   consts=working)
     live = reachable_functions(out, roots)
     left_alone = set()
     for body in bodies(out):  # a list made now: functions added while converting are not revisited
@@ -72,7 +88,7 @@ def convert_graph_def(graph_def: graph_pb2.GraphDef, source: str = "<graph>",
     left = [f"{where}: {n.name} ({n.op})" for where, n in find_cudnn_nodes(out) if where not in left_alone]
     if left:  # a handler bug, never user error: fail loudly rather than write a GPU-only graph
         raise GraphfixError("cuDNN ops left after conversion: " + ", ".join(left))
-    return out, ctx.report
+    return out, (working.restricted_to(out) if working is not None else None), ctx.report
 
 
 def reachable_functions(graph_def: graph_pb2.GraphDef, roots=()) -> set[str]:
@@ -100,6 +116,7 @@ class _Context:
     report: Report
     gate_order: str = gates.CUDNN
     tflite_target: object = None  # graphfix.tflite.Target
+    consts: ConstStore | None = None  # detached top-level Const values (graphfix.detached)
     _shape_graph: tf.Graph | None = None
     _traced: dict = dataclasses.field(default_factory=dict)
 
@@ -163,7 +180,7 @@ class Shapes:
 
 def _rewrite_body(ctx: _Context, body: Body) -> None:
     shapes = Shapes(ctx.shape_graph, body)
-    folder = Folder(body)
+    folder = Folder(body, ctx.consts if isinstance(body, GraphBody) else None)
     folded_params: list[TensorRef] = []
     nodes = list(body.nodes)
     backprop = [n for n in nodes if n.op.startswith("CudnnRNNBackprop")]
@@ -343,7 +360,8 @@ def _convert_forward(ctx, body, node, shapes: "Shapes", folder: Folder) -> Tenso
     if fop.params is not None:
         ordered = gates.to_cudnn_order(fop.params, spec, fop.gate_order)
         weight_refs = _add_weight_consts(body, node.name, weights.graph_weights_from_buffer(ordered, spec), spec,
-                                         folder.control_inputs(fop.params_ref))
+                                         folder.control_inputs(fop.params_ref),
+                                         ctx.consts if isinstance(body, GraphBody) else None)
         params_note = "folded to constants"
     else:
         unpack = ctx.function(("unpack", spec, dtype, fop.gate_order),
@@ -404,8 +422,12 @@ def _refuse_training_consumers(body: Body, node, where: str) -> None:
             f"backward pass can use, are consumed by {', '.join(users)}", where)
 
 
-def _add_weight_consts(body: Body, node_name: str, values: list[np.ndarray], spec, controls=()) -> list[str]:
-    """One Const per weight slot; `controls` keeps the ordering edges the folded subgraph had."""
+def _add_weight_consts(body: Body, node_name: str, values: list[np.ndarray], spec, controls=(),
+                       consts: ConstStore | None = None) -> list[str]:
+    """One Const per weight slot; `controls` keeps the ordering edges the folded subgraph had.
+
+    consts: where large values go instead of the proto, when the graph is slim.
+    """
     refs = []
     for slot, value in zip(weights.weight_slots(spec), values):
         name = _unique_name(body, f"{node_name}/graphfix/{slot.name}")
@@ -413,8 +435,11 @@ def _add_weight_consts(body: Body, node_name: str, values: list[np.ndarray], spe
         const.name = name
         const.op = "Const"
         const.input.extend(controls)
-        const.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
-        const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.ascontiguousarray(value)))
+        if consts is not None and consts.wants(value):
+            consts.put(const, value)
+        else:
+            const.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+            const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.ascontiguousarray(value)))
         refs.append(body.format_ref(name, 0))
     return refs
 
