@@ -96,22 +96,20 @@ def detach(graph_def: graph_pb2.GraphDef) -> tuple[graph_pb2.GraphDef, ConstStor
     """
     store = ConstStore()
     for node in graph_def.node:
-        if node.op != "Const" or "value" not in node.attr:
-            continue
-        value = _content_array(node.attr["value"].tensor)
+        value = take_value(node)
         if value is not None:
             store.values[node.name] = value
-            node.attr["value"].tensor.ClearField("tensor_content")
     slim = graph_pb2.GraphDef()
     slim.CopyFrom(graph_def)
     return slim, store
 
 
-def _content_array(tensor) -> np.ndarray | None:
-    """The tensor's tensor_content as an array, or None when it is small or not well formed.
+def detachable(tensor) -> tuple[np.dtype, list[int], int] | None:
+    """(dtype, shape, byte size) when the tensor's content should live outside the proto.
 
-    Malformed or unusual tensors (no content, a size that does not match the shape, string
-    or resource dtypes) stay in the proto, where TensorFlow's own checks see them.
+    Decided from dtype and shape alone: reading tensor_content copies it (and upb's
+    ByteSize serializes). Small or unusual tensors (string or resource dtypes, negative
+    sizes) stay in the proto, where TensorFlow's own checks see them.
     """
     try:
         dtype = np.dtype(tf.as_dtype(tensor.dtype).as_numpy_dtype)
@@ -121,10 +119,25 @@ def _content_array(tensor) -> np.ndarray | None:
     if dtype.hasobject or dtype.kind in "SU" or any(size < 0 for size in shape):
         return None
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    # Decided from the shape: reading tensor_content copies it, and upb's ByteSize serializes.
-    if nbytes < DETACH_BYTES:
+    return (dtype, shape, nbytes) if nbytes >= DETACH_BYTES else None
+
+
+def take_value(node: node_def_pb2.NodeDef) -> np.ndarray | None:
+    """A large Const's value as an array (read-only, over protobuf's bytes), cleared from the node.
+
+    None, node untouched, unless the node is a Const whose tensor is `detachable` and holds
+    exactly as many content bytes as its shape says (malformed ones are left for TensorFlow
+    to refuse).
+    """
+    if node.op != "Const" or "value" not in node.attr:
         return None
+    tensor = node.attr["value"].tensor
+    layout = detachable(tensor)
+    if layout is None:
+        return None
+    dtype, shape, nbytes = layout
     content = tensor.tensor_content
     if len(content) != nbytes:
         return None
+    tensor.ClearField("tensor_content")
     return np.frombuffer(content, dtype=dtype).reshape(shape)

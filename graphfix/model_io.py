@@ -15,8 +15,10 @@ from typing import BinaryIO, Callable
 from google.protobuf import message, text_format
 from tensorflow.core.framework import graph_pb2
 
+from graphfix import stream_read
 from graphfix.detached import ConstStore, detach
 from graphfix.errors import InputError, OutputError
+from graphfix.wire import LENGTH_DELIMITED, WireError, encode_varint
 
 TEXT_SUFFIXES = (".pbtxt", ".txt", ".prototxt")
 
@@ -27,11 +29,7 @@ def is_text_path(path: Path) -> bool:
 
 def read_graph_def(path: str | os.PathLike) -> graph_pb2.GraphDef:
     """Parse a frozen GraphDef from `path` (binary, or text for .pbtxt)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError("no such file", str(path))
-    if path.is_dir():
-        raise InputError("is a directory, not a GraphDef file", str(path))
+    path = _existing_file(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -45,14 +43,43 @@ def read_graph_def(path: str | os.PathLike) -> graph_pb2.GraphDef:
     except (message.DecodeError, text_format.ParseError, UnicodeDecodeError, ValueError) as exc:
         kind = "text" if is_text_path(path) else "binary"
         raise InputError(f"not a valid {kind} GraphDef ({type(exc).__name__}: {exc})", str(path)) from None
-    if not graph_def.node and not graph_def.library.function:
-        raise InputError("parsed as a GraphDef but holds no nodes; is it really a frozen graph?", str(path))
+    _require_nodes(graph_def, path)
     return graph_def
 
 
+def _existing_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", str(path))
+    if path.is_dir():
+        raise InputError("is a directory, not a GraphDef file", str(path))
+    return path
+
+
+def _require_nodes(graph_def: graph_pb2.GraphDef, path: Path) -> None:
+    if not graph_def.node and not graph_def.library.function:
+        raise InputError("parsed as a GraphDef but holds no nodes; is it really a frozen graph?", str(path))
+
+
 def read_graph_def_detached(path: str | os.PathLike) -> tuple[graph_pb2.GraphDef, ConstStore]:
-    """Parse a GraphDef and detach its large Const values (`graphfix.detached`): (slim graph, values)."""
-    return detach(read_graph_def(path))
+    """Read a GraphDef with its large Const values detached (`graphfix.detached`): (slim graph, values).
+
+    Binary files are read in one pass (`graphfix.stream_read`), so a large value is in
+    memory once. Text files, and binary ones that reader refuses, are parsed whole by
+    protobuf (which then also gives the error message for a malformed file).
+    """
+    path = _existing_file(path)
+    if is_text_path(path):
+        return detach(read_graph_def(path))
+    try:
+        with open(path, "rb") as handle:
+            slim, store = stream_read.read_detached(handle, os.fstat(handle.fileno()).st_size)
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", str(path)) from None
+    except (WireError, message.DecodeError, ValueError):
+        return detach(read_graph_def(path))
+    _require_nodes(slim, path)
+    return slim, store
 
 
 def serialize_graph_def(graph_def: graph_pb2.GraphDef, text: bool) -> bytes:
@@ -125,8 +152,8 @@ def write_graph_def(graph_def: graph_pb2.GraphDef, path: Path, consts: ConstStor
         write_atomic(path, lambda handle: _write_binary_streamed(graph_def, consts, handle))
 
 
-# Wire-format key of GraphDef field 1 (`repeated NodeDef node`), length-delimited: (1 << 3) | 2.
-_NODE_FIELD_KEY = b"\x0a"
+# Wire-format key of GraphDef field 1 (`repeated NodeDef node`), length-delimited.
+_NODE_FIELD_KEY = encode_varint(stream_read.GRAPH_NODE << 3 | LENGTH_DELIMITED)
 
 
 def _write_binary_streamed(graph_def: graph_pb2.GraphDef, consts: ConstStore, handle: BinaryIO) -> None:
@@ -137,20 +164,10 @@ def _write_binary_streamed(graph_def: graph_pb2.GraphDef, consts: ConstStore, ha
     """
     for node in graph_def.node:
         data = consts.full_node(node).SerializeToString(deterministic=True)
-        handle.write(_NODE_FIELD_KEY + _varint(len(data)))
+        handle.write(_NODE_FIELD_KEY + encode_varint(len(data)))
         handle.write(data)
         del data
     rest = graph_pb2.GraphDef()  # the graph is slim, so copying it whole is cheap
     rest.CopyFrom(graph_def)
     rest.ClearField("node")
     handle.write(rest.SerializeToString(deterministic=True))
-
-
-def _varint(value: int) -> bytes:
-    """Protobuf's base-128 varint encoding of a non-negative integer."""
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)

@@ -8,18 +8,21 @@ test graphs take the large-model path.
 
 from __future__ import annotations
 
+import hypothesis
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import graphfix
-from graphfix import detached, layout, model_io, reference
-from graphfix.errors import OutputError
+from graphfix import detached, layout, model_io, reference, wire
+from graphfix.errors import InputError, OutputError
 from graphfix.rewrite import find_cudnn_nodes
 from raw_graphs import build, run_graph_def
 
 SPEC = layout.RnnSpec("lstm", 2, 6, 5, 2)
 PROJECTED = layout.RnnSpec("lstm", 1, 8, 4, 1, num_proj=3)
+_DAMAGE_CASE = build(layout.RnnSpec("gru", 1, 3, 2, 1), params_source="const", seed=7).graph_def
 
 
 @pytest.fixture
@@ -109,3 +112,82 @@ def test_input_file_is_unchanged(tmp_path, small_threshold):
     before = src.read_bytes()
     graphfix.convert(src, tmp_path / "out.pb", verify=True)
     assert src.read_bytes() == before
+
+
+# --- the one-pass reader (graphfix.stream_read) ------------------------------------------
+
+def _both_readers(path):
+    """(slim, store) from the one-pass reader and from a whole parse + detach."""
+    streamed = model_io.read_graph_def_detached(path)
+    whole = detached.detach(model_io.read_graph_def(path))
+    return streamed, whole
+
+
+def _assert_same(streamed, whole):
+    (slim_a, store_a), (slim_b, store_b) = streamed, whole
+    assert slim_a.SerializeToString(deterministic=True) == slim_b.SerializeToString(deterministic=True)
+    assert sorted(store_a.values) == sorted(store_b.values)
+    for name, value in store_a.values.items():
+        assert value.dtype == store_b.values[name].dtype
+        np.testing.assert_array_equal(value, store_b.values[name])
+
+
+@pytest.mark.parametrize("params_source", ["const", "concat", "canonical"])
+def test_one_pass_reader_matches_a_whole_parse(tmp_path, small_threshold, params_source):
+    case = build(SPEC, params_source=params_source, seed=6)
+    streamed, whole = _both_readers(_write(tmp_path, case.graph_def))
+    assert len(streamed[1]) > 0
+    _assert_same(streamed, whole)
+
+
+def _node_field(node) -> bytes:
+    data = node.SerializeToString()
+    return b"\x0a" + wire.encode_varint(len(data)) + data
+
+
+def test_one_pass_reader_parses_unexpected_layouts_whole(tmp_path, small_threshold):
+    """A repeated "value" entry, an AttrValue with two fields, a large non-Const: parsed as protobuf would."""
+    value = np.arange(100, dtype=np.float32)
+    const = tf.compat.v1.GraphDef().node.add(name="twice", op="Const")
+    const.attr["dtype"].type = tf.float32.as_datatype_enum
+    const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+    first = tf.compat.v1.GraphDef().node.add(name="twice")
+    first.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value * 2))
+    # Two encodings of the same node concatenated: protobuf merges them, the later value wins.
+    twice = first.SerializeToString() + const.SerializeToString()
+    big_string = tf.compat.v1.GraphDef().node.add(name="text", op="Const")
+    big_string.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.array([b"y" * 500])))
+    plain = tf.compat.v1.GraphDef().node.add(name="plain", op="Const")
+    plain.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value + 1))
+    data = (b"\x0a" + wire.encode_varint(len(twice)) + twice + _node_field(big_string) + _node_field(plain)
+            + b"\x22\x02\x08\x05")  # versions {producer: 5}
+    path = tmp_path / "odd.pb"
+    path.write_bytes(data)
+    streamed, whole = _both_readers(path)
+    _assert_same(streamed, whole)
+    assert sorted(streamed[1].values) == ["plain", "twice"]
+    np.testing.assert_array_equal(streamed[1].values["twice"], value)
+    assert streamed[0].versions.producer == 5
+
+
+@hypothesis.settings(max_examples=60, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(data=st.data())
+def test_one_pass_reader_on_damaged_files(tmp_path, small_threshold, data):
+    """Truncated or bit-flipped files: the same graph as a whole parse, or the same refusal."""
+    case = _DAMAGE_CASE
+    raw = bytearray(case.SerializeToString())
+    cut = data.draw(st.integers(1, len(raw)))
+    raw = raw[:cut]
+    for _ in range(data.draw(st.integers(0, 3))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+    path = tmp_path / "damaged.pb"
+    path.write_bytes(bytes(raw))
+    try:
+        whole = detached.detach(model_io.read_graph_def(path))
+    except InputError as exc:
+        with pytest.raises(InputError) as refused:
+            model_io.read_graph_def_detached(path)
+        assert str(refused.value) == str(exc)
+        return
+    _assert_same(model_io.read_graph_def_detached(path), whole)

@@ -1,0 +1,139 @@
+"""Read a binary GraphDef file in one pass, its large Const values going straight to numpy.
+
+Parsing the file whole holds it twice (the bytes and the parsed message), and detaching
+afterwards copies each large value once more. Here the file's top-level fields are walked
+(`graphfix.wire`): runs of small fields are parsed in batches, and a large node is taken
+apart so that its `tensor_content` is read from the file directly into an array::
+
+    GraphDef.node[k] (NodeDef)        name, op, input, ... attr["value"]
+      attr entry {key: "value", value: AttrValue}
+        AttrValue.tensor (TensorProto)    dtype, tensor_shape, ... tensor_content ──► ndarray
+                                          (everything else parsed by protobuf)
+
+Protobuf parses a message by merging its fields in order, so parsing the fields in pieces
+gives the message parsing the whole would. A node this reader does not expect is parsed
+whole and handed to `detached.detach` like any other; malformed input raises
+`wire.WireError` or protobuf's DecodeError, and the caller re-reads the file with protobuf
+for its error message.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+import numpy as np
+from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, tensor_pb2
+
+from graphfix import detached, wire
+
+GRAPH_NODE = 1        # GraphDef.node
+NODE_ATTR = 5         # NodeDef.attr (map entries: key 1, value 2)
+ATTR_TENSOR = 8       # AttrValue.tensor
+TENSOR_CONTENT = 4    # TensorProto.tensor_content
+_BATCH_BYTES = 64 << 20  # small fields are parsed this many bytes at a time
+
+
+class _Plain(Exception):
+    """This node is not a large Const laid out as expected: parse it whole."""
+
+
+def read_detached(handle: BinaryIO, size: int) -> tuple[graph_pb2.GraphDef, detached.ConstStore]:
+    """The GraphDef in handle[0:size] as (slim graph, detached values); see module doc."""
+    slim = graph_pb2.GraphDef()
+    store = detached.ConstStore()
+    batch: list[bytes] = []
+    batch_bytes = 0
+
+    def flush():
+        nonlocal batch_bytes
+        if batch:
+            slim.MergeFromString(b"".join(batch))
+            batch.clear()
+            batch_bytes = 0
+
+    for field in wire.fields(handle, 0, size):
+        if field.number == GRAPH_NODE and field.wire_type == wire.LENGTH_DELIMITED \
+                and field.end - field.value_start >= detached.DETACH_BYTES:
+            flush()
+            try:
+                node, value = _read_large_const(handle, field)
+            except _Plain:
+                node = node_def_pb2.NodeDef.FromString(wire.read_range(handle, field.value_start, field.end))
+                value = detached.take_value(node)
+            if value is not None:
+                store.values[node.name] = value
+            slim.node.append(node)
+            continue
+        batch.append(wire.read_range(handle, field.start, field.end))
+        batch_bytes += field.end - field.start
+        if batch_bytes >= _BATCH_BYTES:
+            flush()
+    flush()
+    return slim, store
+
+
+def _read_large_const(handle: BinaryIO, node_field: wire.Field) -> tuple[node_def_pb2.NodeDef, np.ndarray]:
+    """Parse one NodeDef field, reading its attr["value"] tensor_content into an array."""
+    rest, value_entry = [], None
+    for field in wire.fields(handle, node_field.value_start, node_field.end):
+        if field.number == NODE_ATTR and field.wire_type == wire.LENGTH_DELIMITED:
+            key, attr_value = _map_entry(handle, field)
+            if key == b"value":
+                if value_entry is not None:
+                    raise _Plain  # a repeated key: protobuf keeps the last; do not guess
+                value_entry = attr_value
+                continue
+        rest.append(wire.read_range(handle, field.start, field.end))
+    if value_entry is None:
+        raise _Plain
+    node = node_def_pb2.NodeDef.FromString(b"".join(rest))
+    if node.op != "Const":
+        raise _Plain
+
+    tensor_field = _only_field(handle, value_entry, ATTR_TENSOR)
+    tensor_rest, content = [], None
+    for field in wire.fields(handle, tensor_field.value_start, tensor_field.end):
+        if field.number == TENSOR_CONTENT and field.wire_type == wire.LENGTH_DELIMITED:
+            if content is not None:
+                raise _Plain
+            content = field
+            continue
+        tensor_rest.append(wire.read_range(handle, field.start, field.end))
+    tensor = tensor_pb2.TensorProto.FromString(b"".join(tensor_rest))
+    layout = detached.detachable(tensor)
+    if content is None or layout is None or layout[2] != content.end - content.value_start:
+        raise _Plain
+    dtype, shape, nbytes = layout
+    value = np.empty(shape, dtype)
+    handle.seek(content.value_start)
+    if handle.readinto(memoryview(value.reshape(-1).view(np.uint8))) != nbytes:
+        raise wire.WireError("file ends inside a tensor")
+    node.attr["value"].CopyFrom(attr_value_pb2.AttrValue(tensor=tensor))
+    return node, value
+
+
+def _map_entry(handle: BinaryIO, entry: wire.Field) -> tuple[bytes | None, wire.Field | None]:
+    """(key, value field) of a map<string, message> entry, the value not read.
+
+    key is None when unreadable (long or odd); a "value" entry that protobuf would merge
+    from several value fields is refused (_Plain) rather than half-read.
+    """
+    key, values, odd = None, [], False
+    for field in wire.fields(handle, entry.value_start, entry.end):
+        if field.number == 1 and field.wire_type == wire.LENGTH_DELIMITED and field.end - field.value_start < 4096:
+            key = wire.read_range(handle, field.value_start, field.end)
+        elif field.number == 2 and field.wire_type == wire.LENGTH_DELIMITED:
+            values.append(field)
+        else:
+            odd = True
+    if key == b"value" and (odd or len(values) != 1):
+        raise _Plain
+    return key, values[-1] if values else None
+
+
+def _only_field(handle: BinaryIO, message: wire.Field, number: int) -> wire.Field:
+    """The message's one field, which must be length-delimited field `number`."""
+    found = list(wire.fields(handle, message.value_start, message.end))
+    if len(found) != 1 or found[0].number != number or found[0].wire_type != wire.LENGTH_DELIMITED:
+        raise _Plain
+    return found[0]
