@@ -26,6 +26,7 @@ from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from graphfix import gates, layout, model_io, rewrite, saved_model_io
+from graphfix.detached import ConstStore
 from graphfix.errors import GraphfixError, InputError
 from graphfix.graph import Body, GraphBody, bodies, is_cudnn
 from graphfix.resolve import CANONICAL_TO_PARAMS, Folder
@@ -162,15 +163,19 @@ class Survey:
                 "ops": [op.to_json() for op in self.ops]}
 
 
-def load_parts(path: str | os.PathLike) -> tuple[str, list[tuple[str, graph_pb2.GraphDef, object]]]:
-    """Read a model: ("GraphDef" | "SavedModel", [(label, graph_def, meta or None), ...])."""
+def load_parts(path: str | os.PathLike) -> tuple[str, list[tuple[str, graph_pb2.GraphDef, object, object]]]:
+    """Read a model: ("GraphDef" | "SavedModel", [(label, graph_def, meta or None, consts or None), ...]).
+
+    A GraphDef file is read slim, its large Const values in a `detached.ConstStore`.
+    """
     path = Path(path)
     if path.is_dir():
         proto = saved_model_io.read_saved_model(path)
         many = len(proto.meta_graphs) > 1
-        return "SavedModel", [(",".join(m.meta_info_def.tags) or "untagged" if many else "", m.graph_def, m)
+        return "SavedModel", [(",".join(m.meta_info_def.tags) or "untagged" if many else "", m.graph_def, m, None)
                               for m in proto.meta_graphs]
-    return "GraphDef", [("", model_io.read_graph_def(path), None)]
+    graph_def, consts = model_io.read_graph_def_detached(path)
+    return "GraphDef", [("", graph_def, None, consts)]
 
 
 def inspect_model(path: str | os.PathLike, gate_order: str = gates.CUDNN) -> Survey:
@@ -179,24 +184,29 @@ def inspect_model(path: str | os.PathLike, gate_order: str = gates.CUDNN) -> Sur
     kind, parts = load_parts(path)
     saved_dir = Path(path) if kind == "SavedModel" else None
     survey = Survey(str(path), kind, gate_order, [])
-    for label, graph_def, meta in parts:
-        ops = survey_graph_def(graph_def, gate_order, label, saved_dir, meta)
+    for label, graph_def, meta, consts in parts:
+        ops = survey_graph_def(graph_def, gate_order, label, saved_dir, meta, consts)
         survey.parts.append(Part(label, graph_def, meta, ops))
     return survey
 
 
 def survey_graph_def(graph_def: graph_pb2.GraphDef, gate_order: str = gates.CUDNN, label: str = "",
-                     saved_dir: Path | None = None, meta: meta_graph_pb2.MetaGraphDef | None = None) -> list[FoundOp]:
-    """Every cuDNN node of one graph (top level, then library functions in file order)."""
+                     saved_dir: Path | None = None, meta: meta_graph_pb2.MetaGraphDef | None = None,
+                     consts: ConstStore | None = None) -> list[FoundOp]:
+    """Every cuDNN node of one graph (top level, then library functions in file order).
+
+    consts: the values of the graph's detached Consts when it was read slim.
+    """
     base = _once(lambda: _import(graph_def))
     reach = _reachability(graph_def, meta)
-    finder = ValueFinder(graph_def, saved_dir, meta)
+    finder = ValueFinder(graph_def, saved_dir, meta, consts)
     found = []
     for body in bodies(graph_def):
         cudnn = [n for n in body.nodes if is_cudnn(n.op)]
         if not cudnn:
             continue
-        shapes, folder = rewrite.Shapes(base, body), Folder(body)
+        shapes = rewrite.Shapes(base, body)
+        folder = Folder(body, consts if isinstance(body, GraphBody) else None)
         key = TOP_LEVEL if isinstance(body, GraphBody) else body.container.signature.name
         for node in cudnn:
             op = FoundOp(label, body.where, node.name, node.op, None, None, None, "", reach(key, node.name), body)

@@ -30,6 +30,7 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, trackable_object_graph_pb2
 
 from graphfix import layout
+from graphfix.detached import ConstStore
 from graphfix.graph import Body, FunctionBody, GraphBody, TensorRef
 from graphfix.resolve import CANONICAL_TO_PARAMS, PURE_OPS
 
@@ -63,8 +64,9 @@ class ValueFinder:
     """
 
     def __init__(self, graph_def: graph_pb2.GraphDef, saved_model_dir: Path | None = None,
-                 meta: meta_graph_pb2.MetaGraphDef | None = None):
+                 meta: meta_graph_pb2.MetaGraphDef | None = None, consts: ConstStore | None = None):
         self.graph_def = graph_def
+        self.consts = consts  # values of the graph's detached top-level Consts (graphfix.detached)
         self.dir = saved_model_dir
         self.meta = meta
         self._bodies: dict[str, Body] = {"graph": GraphBody(graph_def)}
@@ -92,6 +94,9 @@ class ValueFinder:
         node = body.node(ref.node)
         if node is None:
             raise _NotKnown(f"node {ref.node!r} does not exist in {body.where}")
+        detached = self._detached(body, node)
+        if detached is not None:
+            return detached
         if node.op in ("ReadVariableOp",) + TF1_VARIABLES:
             return self._variable_value(body, node, used, depth)
         if node.op in CANONICAL_TO_PARAMS:
@@ -101,6 +106,11 @@ class ValueFinder:
             raise _NotKnown(f"it depends on node {node.name!r} (op {node.op}), whose value is only known "
                             "at run time")
         return self._run_pure(body, ref, used, depth)
+
+    def _detached(self, body: Body, node) -> np.ndarray | None:
+        if self.consts is None or not isinstance(body, GraphBody):
+            return None
+        return self.consts.value(node)
 
     def _run_pure(self, body: Body, ref: TensorRef, used: list, depth: int) -> np.ndarray:
         """Run the pure subgraph computing `ref`; its non-pure inputs are found first, as constants."""
@@ -117,7 +127,8 @@ class ValueFinder:
             for r in body.data_inputs(node):
                 leaf = f"{r.node}:{r.index}" if not r.is_arg else f"arg:{r.node}"
                 source = body.node(r.node) if not r.is_arg else None
-                if r.is_arg or source is None or source.op not in PURE_OPS:
+                if (r.is_arg or source is None or source.op not in PURE_OPS
+                        or self._detached(body, source) is not None):  # a slim Const: its value is not in the proto
                     if leaf not in leaves:
                         leaves[leaf] = self._value(body, r, used, depth)
                 else:

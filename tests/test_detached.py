@@ -191,3 +191,27 @@ def test_one_pass_reader_on_damaged_files(tmp_path, small_threshold, data):
         assert str(refused.value) == str(exc)
         return
     _assert_same(model_io.read_graph_def_detached(path), whole)
+
+
+# --- inspect and extract read GraphDef files slim too ------------------------------------
+
+@pytest.mark.parametrize("params_source", ["const", "concat", "canonical"])
+def test_inspect_and_extract_on_a_slim_read_match_a_whole_one(tmp_path, monkeypatch, params_source):
+    from graphfix import extract as extract_module
+    from graphfix import inspect as inspect_module
+    case = build(SPEC, params_source=params_source, seed=8)
+    src = _write(tmp_path, case.graph_def)
+
+    def run(threshold, name):
+        monkeypatch.setattr(detached, "DETACH_BYTES", threshold)
+        survey = inspect_module.inspect_model(src)
+        extract_module.extract(src, tmp_path / name)
+        return survey.to_json(), dict(np.load(tmp_path / name))
+
+    whole_json, whole_arrays = run(1 << 40, "whole.npz")   # nothing detached
+    slim_json, slim_arrays = run(64, "slim.npz")
+    assert slim_json == whole_json
+    assert "known only at run time" not in str(slim_json)
+    assert sorted(slim_arrays) == sorted(whole_arrays)
+    for key, value in whole_arrays.items():
+        np.testing.assert_array_equal(slim_arrays[key], value)
