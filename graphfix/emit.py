@@ -8,9 +8,14 @@ The RNN function (one per cuDNN node)::
 
     x [T,B,I] or [B,T,I] --transpose--> [T,B,I]
       for each layer, for each direction:
-        x_proj = reshape(x) @ kernel + bias         # one MatMul for all steps, outside the loop
-        (backward: reverse_sequence over each example's valid steps)
-        While t < T: gates = x_proj[t] + h @ recurrent_kernel; cell update; mask past len
+        x_proj = reshape(x) @ kernel.T + bias       # one MatMul for all steps, outside the loop
+        if every length >= T (or no lengths):      # one test per call
+            (backward: reverse time)
+            While: 4 steps per iteration, then T % 4 single steps:
+                gates = x_proj[t] + h @ recurrent_kernel; cell update
+        else:
+            (backward: reverse_sequence over each example's valid steps)
+            the same loops, masked past each example's length
       concat directions -> next layer's input
     -> output, output_h, output_c, reserve_space (dummy), [host_reserved (dummy)]
 
@@ -52,20 +57,29 @@ class RnnCall:
 
 class _TfOps:
     concat = staticmethod(lambda xs, axis: tf.concat(xs, axis=axis))
+    reshape = staticmethod(tf.reshape)
     transpose = staticmethod(tf.transpose)
     add = staticmethod(tf.add)
 
 
 def unpack_params_tensor(params: tf.Tensor, spec: RnnSpec, gate_order: str = gates.CUDNN) -> list[tf.Tensor]:
-    """In-graph twin of `weights.graph_weights_from_buffer`: params [N] (gates in `gate_order`) -> weight slots."""
-    def get_piece(p):
-        return tf.reshape(tf.slice(params, [p.offset], [p.size]), p.shape)
-    return graph_weights(gates.reading(get_piece, spec, gate_order), spec, _TfOps)
+    """In-graph twin of `weights.graph_weights_from_buffer`: params [N] (gates in `gate_order`) -> weight slots.
+
+    Runs on every call when params are read from variables: in cuDNN's order each slot is
+    one slice (plus one transpose for recurrent kernels and projections).
+    """
+    stored = gates.stored_pieces(spec, gate_order) if gates.applies(spec, gate_order) else None
+    return graph_weights(lambda offset, size: tf.slice(params, [offset], [size]), spec, _TfOps, stored)
 
 
 def _cell_step(spec: RnnSpec, x_t, h, c, recurrent_kernel, recurrent_bias, projection):
-    """One step for a batch. x_t: [B, G*H] (input part, biases added). h: [B, Hh]. c: [B, H]."""
+    """One step for a batch. x_t: [B, G*H] (input part, biases added). h: [B, Hh]. c: [B, H].
+
+    At small batches each op costs more than its arithmetic, so gates that share an
+    activation share one op (GRU: r and z, adjacent in cuDNN's order, in one sigmoid).
+    """
     rec = tf.matmul(h, recurrent_kernel)
+    H = spec.num_units
     if spec.mode == "lstm":
         i, f, g, o = tf.split(x_t + rec, 4, axis=1)
         c_new = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
@@ -74,29 +88,56 @@ def _cell_step(spec: RnnSpec, x_t, h, c, recurrent_kernel, recurrent_bias, proje
             h_new = tf.matmul(h_new, projection)
         return h_new, c_new
     if spec.mode == "gru":
-        xr, xz, xn = tf.split(x_t, 3, axis=1)
-        hr, hz, hn = tf.split(rec + recurrent_bias, 3, axis=1)
-        r = tf.sigmoid(xr + hr)
-        z = tf.sigmoid(xz + hz)
-        n = tf.tanh(xn + r * hn)
+        x_rz, x_n = tf.split(x_t, [2 * H, H], axis=1)
+        h_rz, h_n = tf.split(rec + recurrent_bias, [2 * H, H], axis=1)
+        r, z = tf.split(tf.sigmoid(x_rz + h_rz), 2, axis=1)
+        n = tf.tanh(x_n + r * h_n)
         return n + z * (h - n), c
     pre = x_t + rec
     return (tf.tanh(pre) if spec.mode == "rnn_tanh" else tf.nn.relu(pre)), c
 
 
+# Time steps per While iteration. Each iteration pays for the loop's control ops (per loop
+# variable: Merge, Switch, Identity, NextIteration; plus the condition), which at batch 1
+# cost as much as the step itself; unrolling 4 steps cut an LSTM 1 x 100, 64 -> 128 call
+# by about 25% (2 steps: about 20%) and changed nothing measurable at batch 32.
+_UNROLL = 4
+
+
 def _run_direction(spec, x_proj, h0, c0, w, lengths, reverse, static_batch=None):
-    """One pseudo-layer. x_proj: [T, B, G*H]; h0 [B, Hh]; c0 [B, H]; lengths [B] or None.
+    """One pseudo-layer. x_proj: [T, B, G*H]; h0 [B, Hh]; c0 [B, H]; lengths [B] (<= T) or None.
 
     Returns (y [T, B, Hh], h_n [B, Hh], c_n [B, H]). static_batch: B when fixed (TFLite).
     """
+    if lengths is None or static_batch is not None:
+        # TFLite target: one plain loop, as before. Its converter (builtins only) failed to
+        # lower the fast path's TensorList reads ("Lowering tensor list ops is failed").
+        return _scan(spec, x_proj, h0, c0, w, lengths, reverse, static_batch)
+    # Keras 3 exports always feed sequence lengths, and nearly always full ones. Masking
+    # costs 6 ops per step (a third of an LSTM step at batch 1); with every length equal
+    # to T it changes nothing, so one test per call picks the loop without it.
+    full = tf.reduce_all(lengths >= tf.shape(x_proj)[0])
+    return tf.cond(full, lambda: _scan(spec, x_proj, h0, c0, w, None, reverse, static_batch),
+                   lambda: _scan(spec, x_proj, h0, c0, w, lengths, reverse, static_batch))
+
+
+def _scan(spec, x_proj, h0, c0, w, lengths, reverse, static_batch):
+    """_run_direction's loop; masked past each example's length when `lengths` is given."""
     steps = tf.shape(x_proj)[0]
-    if reverse:
+    if reverse:  # with full lengths reverse_sequence is tf.reverse
         x_proj = (tf.reverse(x_proj, [0]) if lengths is None
                   else tf.reverse_sequence(x_proj, lengths, seq_axis=0, batch_axis=1))
     outputs = tf.TensorArray(x_proj.dtype, size=steps, element_shape=tf.TensorShape([static_batch, spec.hidden_size]))
+    tflite = static_batch is not None
+    if tflite:  # the TFLite converter (builtins only) lowers no TensorList read
+        read = lambda t: x_proj[t]
+    else:  # a TensorArray read is one op per step; x_proj[t] is four (two Packs, an add, the slice)
+        inputs = tf.TensorArray(x_proj.dtype, size=steps, element_shape=tf.TensorShape(
+            [None, spec.gates * spec.num_units])).unstack(x_proj)
+        read = inputs.read
 
-    def body(t, h, c, outputs):
-        h_new, c_new = _cell_step(spec, x_proj[t], h, c, w["recurrent_kernel"],
+    def step(t, h, c, outputs):
+        h_new, c_new = _cell_step(spec, read(t), h, c, w["recurrent_kernel"],
                                   w.get("recurrent_bias"), w.get("projection"))
         if lengths is None:
             return t + 1, h_new, c_new, outputs.write(t, h_new)
@@ -105,8 +146,20 @@ def _run_direction(spec, x_proj, h0, c0, w, lengths, reverse, static_batch=None)
         y = tf.where(valid, h_new, tf.zeros_like(h_new))
         return t + 1, tf.where(valid, h_new, h), tf.where(valid, c_new, c), outputs.write(t, y)
 
-    _, h_n, c_n, outputs = tf.while_loop(
-        lambda t, *_: t < steps, body, (tf.constant(0), h0, c0, outputs), maximum_iterations=steps)
+    def unrolled(*state):
+        for _ in range(_UNROLL):
+            state = step(*state)
+        return state
+
+    state = (tf.constant(0), h0, c0, outputs)
+    if tflite:  # one plain loop, as the TFLite converter is known to take it
+        _, h_n, c_n, outputs = tf.while_loop(lambda t, *_: t < steps, step, state, maximum_iterations=steps)
+    else:
+        # All whole blocks of _UNROLL steps, then the T % _UNROLL steps left one at a time.
+        # No maximum_iterations: it adds two ops per iteration, and nothing here needs it.
+        blocks_end = steps - steps % _UNROLL
+        state = tf.while_loop(lambda t, *_: t < blocks_end, unrolled, state)
+        _, h_n, c_n, outputs = tf.while_loop(lambda t, *_: t < steps, step, state)
     # An empty TensorArray cannot stack without a fully static element shape (batch is
     # dynamic), so zero time steps take the other branch.
     y = (outputs.stack() if static_batch is not None  # static element shape: stacks even when empty
@@ -161,8 +214,8 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values):
                 h_list.append(h_n)
                 c_list.append(c_n)
                 continue
-            if "kernel" in w:
-                proj = tf.matmul(flat_in, w["kernel"])
+            if "kernel" in w:  # [G*H, in]: see weights.py for why transpose_b here
+                proj = tf.matmul(flat_in, w["kernel"], transpose_b=True)
             else:  # skip_input: the input enters every gate unprojected
                 proj = tf.tile(flat_in, [1, spec.gates])
             proj = proj + w.get("bias", w.get("input_bias"))

@@ -16,8 +16,6 @@ Only LSTM ops are affected; other modes are read in cuDNN order whatever the opt
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from graphfix.errors import InputError
@@ -55,15 +53,6 @@ def stored_pieces(spec: RnnSpec, order: str) -> dict[Piece, Piece]:
     perm = ORDERS[order]
     return {p: (groups[(p.kind, p.layer, p.direction)][perm[p.gate]] if p.kind != "P" else p)
             for p in all_pieces}
-
-
-def reading(get_piece: Callable[[Piece], object], spec: RnnSpec, order: str) -> Callable[[Piece], object]:
-    """Wrap a piece reader of a stored buffer so that it answers in cuDNN gate order.
-
-    get_piece(Piece) -> value of that piece of the stored buffer (numpy or TensorFlow).
-    """
-    mapping = stored_pieces(spec, order)
-    return lambda p: get_piece(mapping[p])
 
 
 def to_cudnn_order(buf: np.ndarray, spec: RnnSpec, order: str) -> np.ndarray:

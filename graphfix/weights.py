@@ -2,17 +2,26 @@
 
 Works on numpy arrays (for constant params, folded at conversion time) and on TensorFlow
 tensors (for params only known at run time) through the same code, so the two paths
-cannot drift apart: `graph_weights(get_piece, spec, ops)` takes a function returning one
-piece of the buffer and an `ops` adapter with concat / transpose / add.
+cannot drift apart: `graph_weights(read, spec, ops)` takes a function returning a run of
+consecutive pieces of the buffer and an `ops` adapter with concat / reshape / transpose / add.
 
 Per pseudo-layer, in this order (gate order stays cuDNN's: LSTM i,f,c,o; GRU r,z,n)::
 
-    kernel            [in, G*H]   concat_g W[g].T     (absent for skip_input layer 0)
-    recurrent_kernel  [Hh, G*H]   concat_g R[g].T
+    kernel            [G*H, in]   W[0..G-1] as stored   (absent for skip_input layer 0)
+    recurrent_kernel  [Hh, G*H]   (R[0..G-1] as stored).T
     lstm / rnn:  bias            [G*H]  bW + bR       (the sum is all the equations use)
     gru:         input_bias      [3H]   bW            (n's recurrent bias sits inside r*(...))
                  recurrent_bias  [3H]   bR
     projection        [H, Hh]     P.T                 (LSTM with num_proj)
+
+Why these orientations (measured on 2 CPU cores, scripts/bench_inference.py): the kernel
+is used once per call, for all time steps (x [T*B, in] @ kernel.T, a MatMul with
+transpose_b, as fast as an untransposed one at that size), so it stays in cuDNN's row
+layout: the G gate matrices of a pseudo-layer are one contiguous run of the buffer, so the
+slot is a plain slice (a numpy view; no copy at conversion, no transpose per call for
+params read from variables). The recurrent kernel and the projection are multiplied once
+per time step, where a transposed right operand costs 1.6-3.4x (h [B, Hh] @ R.T for B 32
+and 8), so they are transposed once: at conversion, or once per call.
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ def weight_slots(spec: RnnSpec) -> list[WeightSlot]:
     for layer in range(spec.num_layers):
         for d in range(spec.num_dirs):
             if spec.has_input_weights(layer):
-                slots.append(WeightSlot(layer, d, "kernel", (spec.layer_input_size(layer), G * H)))
+                slots.append(WeightSlot(layer, d, "kernel", (G * H, spec.layer_input_size(layer))))
             slots.append(WeightSlot(layer, d, "recurrent_kernel", (Hh, G * H)))
             if spec.mode == "gru":
                 slots.append(WeightSlot(layer, d, "input_bias", (G * H,)))
@@ -58,42 +67,72 @@ def weight_slots(spec: RnnSpec) -> list[WeightSlot]:
 
 
 class NumpyOps:
+    """Numpy twins of the TensorFlow ops graph_weights uses. transpose returns a view."""
+
     concat = staticmethod(lambda xs, axis: np.concatenate(xs, axis=axis))
-    transpose = staticmethod(lambda x: np.ascontiguousarray(x.T))
+    reshape = staticmethod(lambda x, shape: x.reshape(shape))
+    transpose = staticmethod(lambda x: x.T)
     add = staticmethod(np.add)
 
 
-def graph_weights(get_piece, spec: RnnSpec, ops=NumpyOps) -> list:
-    """Build every weight slot's value. get_piece(Piece) -> array of the piece's shape."""
-    by_key = {}
+def spans(stored: list[Piece]) -> list[tuple[int, int]]:
+    """(offset, size) runs covering `stored` in order, adjacent pieces merged into one run.
+
+    For cuDNN's own gate order a gate group [g0, g1, ...] is a single run.
+    """
+    runs: list[list[int]] = []
+    for p in stored:
+        if runs and runs[-1][0] + runs[-1][1] == p.offset:
+            runs[-1][1] += p.size
+        else:
+            runs.append([p.offset, p.size])
+    return [(offset, size) for offset, size in runs]
+
+
+def graph_weights(read, spec: RnnSpec, ops=NumpyOps, stored=None) -> list:
+    """Build every weight slot's value.
+
+    read(offset, size) -> the 1-D run buf[offset:offset + size] (numpy or TensorFlow).
+    stored: optional {Piece: Piece} map from each piece in cuDNN gate order to the piece of
+    the buffer holding it (`gates.stored_pieces`); None when the buffer is in cuDNN order.
+    """
+    groups: dict = {}
     for p in pieces(spec):
-        by_key.setdefault((p.layer, p.direction, p.kind), []).append(p)
+        groups.setdefault((p.layer, p.direction, p.kind), []).append(p)
 
-    def gates(slot, kind):
-        return [get_piece(p) for p in by_key[(slot.layer, slot.direction, kind)]]
+    def group(slot, kind):
+        """All gates of one kind of the slot's pseudo-layer, concatenated flat in cuDNN order."""
+        ps = groups[(slot.layer, slot.direction, kind)]
+        runs = [read(offset, size) for offset, size in spans([stored[p] for p in ps] if stored else ps)]
+        return runs[0] if len(runs) == 1 else ops.concat(runs, 0)
 
+    G, H, Hh = spec.gates, spec.num_units, spec.hidden_size
     out = []
     for slot in weight_slots(spec):
         if slot.kind == "kernel":
-            value = ops.concat([ops.transpose(w) for w in gates(slot, "W")], 1)
+            value = ops.reshape(group(slot, "W"), slot.shape)
         elif slot.kind == "recurrent_kernel":
-            value = ops.concat([ops.transpose(r) for r in gates(slot, "R")], 1)
+            value = ops.transpose(ops.reshape(group(slot, "R"), (G * H, Hh)))
         elif slot.kind == "bias":
-            value = ops.add(ops.concat(gates(slot, "bW"), 0), ops.concat(gates(slot, "bR"), 0))
+            value = ops.add(group(slot, "bW"), group(slot, "bR"))
         elif slot.kind == "input_bias":
-            value = ops.concat(gates(slot, "bW"), 0)
+            value = group(slot, "bW")
         elif slot.kind == "recurrent_bias":
-            value = ops.concat(gates(slot, "bR"), 0)
+            value = group(slot, "bR")
         else:  # projection
-            value = ops.transpose(gates(slot, "P")[0])
+            value = ops.transpose(ops.reshape(group(slot, "P"), (Hh, H)))
         out.append(value)
     return out
 
 
 def graph_weights_from_buffer(buf: np.ndarray, spec: RnnSpec) -> list[np.ndarray]:
-    """Numpy: a full params buffer -> the CPU function's weight inputs."""
+    """Numpy: a full params buffer [N] in cuDNN gate order -> the CPU function's weight inputs.
+
+    Every slot but the summed biases is a view of `buf` (no copy of a gigabyte buffer);
+    recurrent_kernel and projection are transposed views, not C-contiguous.
+    """
     buf = np.asarray(buf)
-    return graph_weights(lambda p: buf[p.offset:p.offset + p.size].reshape(p.shape), spec)
+    return graph_weights(lambda offset, size: buf[offset:offset + size], spec)
 
 
 def layer_weights_from_graph(values: list[np.ndarray], spec: RnnSpec) -> list[LayerWeights]:
@@ -101,7 +140,7 @@ def layer_weights_from_graph(values: list[np.ndarray], spec: RnnSpec) -> list[La
 
     LSTM/RNN biases come back as bW = bias, bR = 0 (only their sum is defined).
     """
-    G, H = spec.gates, spec.num_units
+    G, H, Hh = spec.gates, spec.num_units, spec.hidden_size
     found = {}
     for slot, value in zip(weight_slots(spec), values):
         found[(slot.layer, slot.direction, slot.kind)] = np.asarray(value)
@@ -109,18 +148,17 @@ def layer_weights_from_graph(values: list[np.ndarray], spec: RnnSpec) -> list[La
     for layer in range(spec.num_layers):
         for d in range(spec.num_dirs):
             get = lambda kind: found.get((layer, d, kind))
-            split_t = lambda m: np.stack([m[:, g * H:(g + 1) * H].T for g in range(G)])
             kernel = get("kernel")
             if spec.mode == "gru":
                 bW, bR = get("input_bias").reshape(G, H), get("recurrent_bias").reshape(G, H)
             else:
                 bW, bR = get("bias").reshape(G, H), np.zeros((G, H), get("bias").dtype)
             proj = get("projection")
-            out.append(LayerWeights(layer, d, None if kernel is None else split_t(kernel),
-                                    split_t(get("recurrent_kernel")), bW, bR,
+            out.append(LayerWeights(layer, d, None if kernel is None else kernel.reshape(G, H, kernel.shape[1]),
+                                    get("recurrent_kernel").T.reshape(G, H, Hh), bW, bR,
                                     None if proj is None else proj.T))
     return out
 
 
 __all__ = ["WeightSlot", "weight_slots", "graph_weights", "graph_weights_from_buffer",
-           "layer_weights_from_graph", "Piece"]
+           "layer_weights_from_graph", "spans", "Piece"]
