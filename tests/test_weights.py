@@ -1,0 +1,77 @@
+"""Tests for graphfix.weights: cuDNN buffer pieces -> the CPU function's weight slots.
+
+Buffers are np.arange, so every value names its own index. For a 1-layer LSTM, H 2, I 3
+(G 4; gates i, f, c, o), the buffer and the slots it gives::
+
+    buf: [ W i,f,c,o: 4 x [2, 3] | R i,f,c,o: 4 x [2, 2] | bW: 4 x [2] | bR: 4 x [2] ]
+          0 ............... 23     24 ............. 39     40 ..... 47   48 ..... 55
+    kernel           [8, 3]  = buf[0:24].reshape(8, 3)          a view, no copy
+    recurrent_kernel [2, 8]  = buf[24:40].reshape(8, 2).T       a transposed view
+    bias             [8]     = buf[40:48] + buf[48:56]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from graphfix import emit, gates, layout, weights
+from graphfix.layout import RnnSpec
+
+
+def test_lstm_slots_by_index():
+    spec = RnnSpec("lstm", 1, 2, 3)
+    buf = np.arange(layout.params_size(spec), dtype=np.float64)
+    kernel, rec, bias = weights.graph_weights_from_buffer(buf, spec)
+    np.testing.assert_array_equal(kernel, buf[0:24].reshape(8, 3))
+    np.testing.assert_array_equal(rec, buf[24:40].reshape(8, 2).T)
+    np.testing.assert_array_equal(bias, buf[40:48] + buf[48:56])
+    # No copy of the (possibly gigabyte) buffer at conversion: matrices are views of it.
+    assert np.shares_memory(kernel, buf) and np.shares_memory(rec, buf)
+    assert [s.shape for s in weights.weight_slots(spec)] == [(8, 3), (2, 8), (8,)]
+
+
+@pytest.mark.parametrize("spec", [RnnSpec("gru", 2, 3, 4, 2), RnnSpec("lstm", 2, 4, 3, 2, num_proj=2),
+                                  RnnSpec("rnn_tanh", 2, 3, 3, 1, "skip_input")], ids=str)
+def test_slots_match_layout_unpack(spec):
+    """Every slot against layout.unpack's per-gate pieces, in the orientation weights.py documents."""
+    buf = np.arange(layout.params_size(spec), dtype=np.float64)
+    G, H = spec.gates, spec.num_units
+    values = dict(zip(weights.weight_slots(spec), weights.graph_weights_from_buffer(buf, spec)))
+    for w in layout.unpack(buf, spec):
+        got = {s.kind: v for s, v in values.items() if (s.layer, s.direction) == (w.layer, w.direction)}
+        if w.W is None:
+            assert "kernel" not in got
+        else:
+            np.testing.assert_array_equal(got["kernel"], w.W.reshape(G * H, -1))
+        np.testing.assert_array_equal(got["recurrent_kernel"], w.R.reshape(G * H, -1).T)
+        if spec.mode == "gru":
+            np.testing.assert_array_equal(got["input_bias"], w.bW.reshape(-1))
+            np.testing.assert_array_equal(got["recurrent_bias"], w.bR.reshape(-1))
+        else:
+            np.testing.assert_array_equal(got["bias"], (w.bW + w.bR).reshape(-1))
+        if spec.num_proj:
+            np.testing.assert_array_equal(got["projection"], w.P.T)
+    for slot, value in values.items():
+        assert value.shape == slot.shape, slot.name
+
+
+def test_spans_merge_adjacent_pieces():
+    spec = RnnSpec("lstm", 1, 2, 3)
+    W = [p for p in layout.pieces(spec) if p.kind == "W"]
+    assert weights.spans(W) == [(0, 24)]
+    stored = gates.stored_pieces(spec, "ifoc")
+    assert weights.spans([stored[p] for p in W]) == [(0, 12), (18, 6), (12, 6)]  # i f | c (at o) | o (at c)
+
+
+@pytest.mark.parametrize("order", ["ifco", "ifoc"])
+def test_in_graph_unpack_equals_numpy(order):
+    """emit.unpack_params_tensor (run-time params) == numpy slots of the buffer put in cuDNN order."""
+    spec = RnnSpec("lstm", 2, 3, 4, 2, num_proj=2)
+    buf = np.arange(layout.params_size(spec), dtype=np.float32)
+    want = weights.graph_weights_from_buffer(gates.to_cudnn_order(buf, spec, order), spec)
+    got = emit.unpack_params_tensor(tf.constant(buf), spec, order)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.numpy(), w)
