@@ -15,10 +15,10 @@ from typing import BinaryIO, Callable
 from google.protobuf import message, text_format
 from tensorflow.core.framework import graph_pb2
 
-from graphfix import stream_read
+from graphfix import stream_read, stream_write
 from graphfix.detached import ConstStore, detach
 from graphfix.errors import InputError, OutputError
-from graphfix.wire import LENGTH_DELIMITED, WireError, encode_varint
+from graphfix.wire import WireError
 
 TEXT_SUFFIXES = (".pbtxt", ".txt", ".prototxt")
 
@@ -149,25 +149,4 @@ def write_graph_def(graph_def: graph_pb2.GraphDef, path: Path, consts: ConstStor
     elif text:
         write_bytes_atomic(path, serialize_graph_def(consts.attach(graph_def), text))
     else:
-        write_atomic(path, lambda handle: _write_binary_streamed(graph_def, consts, handle))
-
-
-# Wire-format key of GraphDef field 1 (`repeated NodeDef node`), length-delimited.
-_NODE_FIELD_KEY = encode_varint(stream_read.GRAPH_NODE << 3 | LENGTH_DELIMITED)
-
-
-def _write_binary_streamed(graph_def: graph_pb2.GraphDef, consts: ConstStore, handle: BinaryIO) -> None:
-    """Serialize field by field: each node as protobuf would (key, length, message), then the rest.
-
-    Protobuf writes known fields in field-number order, and `node` is field 1, so this is
-    the same byte string as `consts.attach(graph_def).SerializeToString(deterministic=True)`.
-    """
-    for node in graph_def.node:
-        data = consts.full_node(node).SerializeToString(deterministic=True)
-        handle.write(_NODE_FIELD_KEY + encode_varint(len(data)))
-        handle.write(data)
-        del data
-    rest = graph_pb2.GraphDef()  # the graph is slim, so copying it whole is cheap
-    rest.CopyFrom(graph_def)
-    rest.ClearField("node")
-    handle.write(rest.SerializeToString(deterministic=True))
+        write_atomic(path, lambda handle: stream_write.write_graph(graph_def, consts, handle))

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 import graphfix
-from graphfix import detached, layout, model_io, reference, wire
+from graphfix import detached, layout, model_io, reference, stream_write, wire
 from graphfix.errors import InputError, OutputError
 from graphfix.rewrite import find_cudnn_nodes
 from raw_graphs import build, run_graph_def
@@ -215,3 +215,34 @@ def test_inspect_and_extract_on_a_slim_read_match_a_whole_one(tmp_path, monkeypa
     assert sorted(slim_arrays) == sorted(whole_arrays)
     for key, value in whole_arrays.items():
         np.testing.assert_array_equal(slim_arrays[key], value)
+
+
+# --- the node-by-node writer (graphfix.stream_write) --------------------------------------
+
+@pytest.mark.parametrize("extras", ["none", "attrs_around", "debug_info", "version_and_float_val"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, "bfloat16"])
+def test_spliced_node_is_the_full_serialization(extras, dtype):
+    """The value written straight from the array lands where protobuf would put tensor_content."""
+    dtype = tf.bfloat16.as_numpy_dtype if dtype == "bfloat16" else dtype
+    value = (np.arange(6 * 7 * 150) % 251).astype(dtype).reshape(6, 7, 150).transpose(2, 0, 1)  # a view
+    node = tf.compat.v1.GraphDef().node.add(name="w", op="Const")
+    node.input.append("^ctl")
+    store = detached.ConstStore()
+    store.put(node, value)
+    if extras == "attrs_around":
+        node.attr["_class"].list.s.append(b"loc:@w")
+        node.attr["zzz"].i = 3
+    elif extras == "debug_info":
+        node.experimental_debug_info.original_node_names.append("orig")
+    elif extras == "version_and_float_val":
+        node.attr["value"].tensor.version_number = 2
+        node.attr["value"].tensor.float_val.append(1.5)
+    pieces = stream_write._spliced(node, store.values["w"])
+    assert pieces is not None and len(pieces) == 3
+    joined = pieces[0] + bytes(stream_write._content_bytes(pieces[1])) + pieces[2]
+    assert joined == store.full_node(node).SerializeToString(deterministic=True)
+    parsed = tf.compat.v1.NodeDef.FromString(joined)
+    np.testing.assert_array_equal(tf.make_ndarray(parsed.attr["value"].tensor)
+                                  if extras != "version_and_float_val" else
+                                  np.frombuffer(parsed.attr["value"].tensor.tensor_content, dtype).reshape(value.shape),
+                                  value)
