@@ -53,7 +53,7 @@ class SessionModel:
 
     def profile(self, x, runs: int):
         """Per op type: (microseconds per call, executions per call), and traced ms per call."""
-        totals, counts = collections.Counter(), collections.Counter()
+        totals, counts, nodes = collections.Counter(), collections.Counter(), collections.Counter()
         options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
         traced = []
         for _ in range(runs):
@@ -66,6 +66,8 @@ class SessionModel:
                     kind = op_type(ns)
                     totals[kind] += ns.all_end_rel_micros
                     counts[kind] += 1
+                    nodes[(kind, ns.node_name)] += ns.all_end_rel_micros
+        self.node_times = {k: v / runs for k, v in nodes.items()}
         return ({k: (totals[k] / runs, counts[k] / runs) for k in totals}, bc.median(traced))
 
 
@@ -76,6 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="traced runs per model")
     parser.add_argument("--rounds", type=int, default=9, help="untraced interleaved rounds")
     parser.add_argument("--top", type=int, default=14)
+    parser.add_argument("--nodes", default="", help="comma list of op types whose costliest nodes to list")
     args = parser.parse_args(argv)
     B, T, I, H = (int(v) for v in args.case.split(","))
 
@@ -115,6 +118,11 @@ def main(argv=None) -> int:
         print(bc.markdown_table(["op", "ms/call", "share", "executions/call", "us/execution"],
                                 [[k, f"{us / 1e3:.2f}", f"{us / total:.0%}", f"{n:.0f}", f"{us / max(n, 1):.1f}"]
                                  for k, (us, n) in top]))
+        for op in filter(None, args.nodes.split(",")):
+            top_nodes = sorted(((us, name) for (kind, name), us in models[name].node_times.items() if kind == op),
+                               reverse=True)[:args.top]
+            print(f"\n{name}: costliest {op} nodes, ms/call: "
+                  + "; ".join(f"{node} {us / 1e3:.2f}" for us, node in top_nodes))
     return 0
 
 
