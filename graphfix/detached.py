@@ -18,6 +18,8 @@ byte-identical whichever way it was made.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
@@ -118,7 +120,7 @@ def detachable(tensor) -> tuple[np.dtype, list[int], int] | None:
     shape = [d.size for d in tensor.tensor_shape.dim]
     if dtype.hasobject or dtype.kind in "SU" or any(size < 0 for size in shape):
         return None
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: a crafted shape cannot overflow
     return (dtype, shape, nbytes) if nbytes >= DETACH_BYTES else None
 
 

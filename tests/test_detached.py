@@ -246,3 +246,16 @@ def test_spliced_node_is_the_full_serialization(extras, dtype):
                                   if extras != "version_and_float_val" else
                                   np.frombuffer(parsed.attr["value"].tensor.tensor_content, dtype).reshape(value.shape),
                                   value)
+
+
+def test_a_shape_whose_size_overflows_int64_is_left_in_the_proto(small_threshold):
+    """(2**62 + 8) * 4 elements of 4 bytes is 128 bytes in wrapping int64 arithmetic: exactly the content."""
+    graph_def = tf.compat.v1.GraphDef()
+    node = graph_def.node.add(name="huge", op="Const")
+    tensor = node.attr["value"].tensor
+    tensor.dtype = tf.float32.as_datatype_enum
+    for size in (2**62 + 8, 4):
+        tensor.tensor_shape.dim.add().size = size
+    tensor.tensor_content = b"\0" * 128
+    slim, store = detached.detach(graph_def)
+    assert len(store) == 0 and slim.node[0].attr["value"].tensor.tensor_content == b"\0" * 128
