@@ -68,8 +68,7 @@ def unpack_params_tensor(params: tf.Tensor, spec: RnnSpec, gate_order: str = gat
     Runs on every call when params are read from variables: in cuDNN's order each slot is
     one slice (plus one transpose for recurrent kernels and projections).
     """
-    stored = gates.stored_pieces(spec, gate_order) if gates.applies(spec, gate_order) else None
-    return graph_weights(lambda offset, size: tf.slice(params, [offset], [size]), spec, _TfOps, stored)
+    return graph_weights(lambda offset, size: tf.slice(params, [offset], [size]), spec, _TfOps, gate_order)
 
 
 def _cell_step(spec: RnnSpec, x_t, h, c, recurrent_kernel, recurrent_bias, projection):

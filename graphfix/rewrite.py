@@ -358,8 +358,8 @@ def _convert_forward(ctx, body, node, shapes: "Shapes", folder: Folder) -> Tenso
     traced = ctx.function(key, lambda: emit.trace_rnn(call, fname))
 
     if fop.params is not None:
-        ordered = gates.to_cudnn_order(fop.params, spec, fop.gate_order)
-        weight_refs = _add_weight_consts(body, node.name, weights.graph_weights_from_buffer(ordered, spec), spec,
+        values = weights.graph_weights_from_buffer(fop.params, spec, fop.gate_order)
+        weight_refs = _add_weight_consts(body, node.name, values, spec,
                                          folder.control_inputs(fop.params_ref),
                                          ctx.consts if isinstance(body, GraphBody) else None)
         params_note = "folded to constants"

@@ -2,7 +2,7 @@
 
 Works on numpy arrays (for constant params, folded at conversion time) and on TensorFlow
 tensors (for params only known at run time) through the same code, so the two paths
-cannot drift apart: `graph_weights(read, spec, ops)` takes a function returning a run of
+cannot drift apart: `graph_weights(read, spec, ops, gate_order)` takes a function returning a run of
 consecutive pieces of the buffer and an `ops` adapter with concat / reshape / transpose / add.
 
 Per pseudo-layer, in this order (gate order stays cuDNN's: LSTM i,f,c,o; GRU r,z,n)::
@@ -30,6 +30,7 @@ import dataclasses
 
 import numpy as np
 
+from graphfix import gates
 from graphfix.layout import LayerWeights, Piece, RnnSpec, pieces
 
 
@@ -89,13 +90,14 @@ def spans(stored: list[Piece]) -> list[tuple[int, int]]:
     return [(offset, size) for offset, size in runs]
 
 
-def graph_weights(read, spec: RnnSpec, ops=NumpyOps, stored=None) -> list:
+def graph_weights(read, spec: RnnSpec, ops=NumpyOps, gate_order: str = gates.CUDNN) -> list:
     """Build every weight slot's value.
 
     read(offset, size) -> the 1-D run buf[offset:offset + size] (numpy or TensorFlow).
-    stored: optional {Piece: Piece} map from each piece in cuDNN gate order to the piece of
-    the buffer holding it (`gates.stored_pieces`); None when the buffer is in cuDNN order.
+    gate_order: how the buffer orders LSTM gates (`graphfix.gates`); each gate is read from
+    where that order stores it, so a non-cuDNN buffer is never permuted as a whole.
     """
+    stored = gates.stored_pieces(spec, gate_order)
     groups: dict = {}
     for p in pieces(spec):
         groups.setdefault((p.layer, p.direction, p.kind), []).append(p)
@@ -103,7 +105,7 @@ def graph_weights(read, spec: RnnSpec, ops=NumpyOps, stored=None) -> list:
     def group(slot, kind):
         """All gates of one kind of the slot's pseudo-layer, concatenated flat in cuDNN order."""
         ps = groups[(slot.layer, slot.direction, kind)]
-        runs = [read(offset, size) for offset, size in spans([stored[p] for p in ps] if stored else ps)]
+        runs = [read(offset, size) for offset, size in spans([stored[p] for p in ps])]
         return runs[0] if len(runs) == 1 else ops.concat(runs, 0)
 
     G, H, Hh = spec.gates, spec.num_units, spec.hidden_size
@@ -125,14 +127,14 @@ def graph_weights(read, spec: RnnSpec, ops=NumpyOps, stored=None) -> list:
     return out
 
 
-def graph_weights_from_buffer(buf: np.ndarray, spec: RnnSpec) -> list[np.ndarray]:
-    """Numpy: a full params buffer [N] in cuDNN gate order -> the CPU function's weight inputs.
+def graph_weights_from_buffer(buf: np.ndarray, spec: RnnSpec, gate_order: str = gates.CUDNN) -> list[np.ndarray]:
+    """Numpy: a full params buffer [N] (LSTM gates in `gate_order`) -> the CPU function's weight inputs.
 
     Every slot but the summed biases is a view of `buf` (no copy of a gigabyte buffer);
     recurrent_kernel and projection are transposed views, not C-contiguous.
     """
     buf = np.asarray(buf)
-    return graph_weights(lambda offset, size: buf[offset:offset + size], spec)
+    return graph_weights(lambda offset, size: buf[offset:offset + size], spec, gate_order=gate_order)
 
 
 def layer_weights_from_graph(values: list[np.ndarray], spec: RnnSpec) -> list[LayerWeights]:

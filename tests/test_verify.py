@@ -129,7 +129,7 @@ BREAK_WEIGHTS = """
 import sys
 from graphfix import cli, weights
 original = weights.graph_weights_from_buffer
-weights.graph_weights_from_buffer = lambda buf, spec: [w + 1e-3 for w in original(buf, spec)]
+weights.graph_weights_from_buffer = lambda *args, **kwargs: [w + 1e-3 for w in original(*args, **kwargs)]
 sys.argv[0] = "graphfix"
 raise SystemExit(cli.main(sys.argv[1:]))
 """
