@@ -37,10 +37,6 @@ class ConstStore:
     def __len__(self) -> int:
         return len(self.values)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(v.nbytes for v in self.values.values())
-
     def value(self, node: node_def_pb2.NodeDef) -> np.ndarray | None:
         """The node's detached value, or None when the node holds its own (or is no Const)."""
         return self.values.get(node.name) if node.op == "Const" else None

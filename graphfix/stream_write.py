@@ -22,11 +22,9 @@ from typing import BinaryIO
 import numpy as np
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
-from graphfix import wire
+from graphfix import stream_read, wire
 from graphfix.detached import ConstStore
-from graphfix.stream_read import ATTR_TENSOR, GRAPH_NODE, NODE_ATTR, TENSOR_CONTENT
-
-_MAP_KEY, _MAP_VALUE = 1, 2
+from graphfix.stream_read import ATTR_TENSOR, GRAPH_NODE, MAP_VALUE, NODE_ATTR, TENSOR_CONTENT
 
 
 def write_graph(graph_def: graph_pb2.GraphDef, consts: ConstStore, handle: BinaryIO) -> None:
@@ -38,7 +36,7 @@ def write_graph(graph_def: graph_pb2.GraphDef, consts: ConstStore, handle: Binar
             data = consts.full_node(node).SerializeToString(deterministic=True)
             pieces = [data]
         total = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in pieces)
-        handle.write(_key(GRAPH_NODE) + wire.encode_varint(total))
+        handle.write(wire.encode_key(GRAPH_NODE) + wire.encode_varint(total))
         for piece in pieces:
             handle.write(piece if isinstance(piece, bytes) else _content_bytes(piece))
     rest = graph_pb2.GraphDef()  # the graph is slim, so copying it whole is cheap
@@ -47,46 +45,32 @@ def write_graph(graph_def: graph_pb2.GraphDef, consts: ConstStore, handle: Binar
     handle.write(rest.SerializeToString(deterministic=True))
 
 
-def _key(number: int) -> bytes:
-    return wire.encode_varint(number << 3 | wire.LENGTH_DELIMITED)
-
-
 def _spliced(node: node_def_pb2.NodeDef, value: np.ndarray) -> list | None:
     """The node's full serialization as pieces: bytes, and `value` where its content goes."""
     data = node.SerializeToString(deterministic=True)
     view = io.BytesIO(data)
-    entry = next((f for f in wire.fields(view, 0, len(data)) if f.number == NODE_ATTR
-                  and _entry_key(view, f) == b"value"), None)
-    if entry is None:
+    try:
+        where = stream_read.locate_value_tensor(view, 0, len(data))
+    except stream_read.Unexpected:
         return None
-    attr = [f for f in wire.fields(view, entry.value_start, entry.end) if f.number == _MAP_VALUE]
-    tensor = list(wire.fields(view, attr[0].value_start, attr[0].end)) if len(attr) == 1 else []
-    if len(tensor) != 1 or tensor[0].number != ATTR_TENSOR:
-        return None
-    tensor = tensor[0]
+    entry, attr, tensor = where.entry, where.attr, where.tensor
     tensor_fields = list(wire.fields(view, tensor.value_start, tensor.end))
     if any(f.number == TENSOR_CONTENT for f in tensor_fields):
         return None
     insert_at = next((f.start for f in tensor_fields if f.number > TENSOR_CONTENT), tensor.end)
 
-    content_header = _key(TENSOR_CONTENT) + wire.encode_varint(value.nbytes)
+    content_header = wire.encode_key(TENSOR_CONTENT) + wire.encode_varint(value.nbytes)
     tensor_length = tensor.end - tensor.value_start + len(content_header) + value.nbytes
-    tensor_header = _key(ATTR_TENSOR) + wire.encode_varint(tensor_length)
-    attr_length = (tensor.start - attr[0].value_start) + len(tensor_header) + tensor_length \
-        + (attr[0].end - tensor.end)
-    attr_header = _key(_MAP_VALUE) + wire.encode_varint(attr_length)
-    entry_length = (attr[0].start - entry.value_start) + len(attr_header) + attr_length + (entry.end - attr[0].end)
-    entry_header = _key(NODE_ATTR) + wire.encode_varint(entry_length)
-    return [data[:entry.start] + entry_header + data[entry.value_start:attr[0].start]
-            + attr_header + data[attr[0].value_start:tensor.start]
+    tensor_header = wire.encode_key(ATTR_TENSOR) + wire.encode_varint(tensor_length)
+    attr_length = (tensor.start - attr.value_start) + len(tensor_header) + tensor_length + (attr.end - tensor.end)
+    attr_header = wire.encode_key(MAP_VALUE) + wire.encode_varint(attr_length)
+    entry_length = (attr.start - entry.value_start) + len(attr_header) + attr_length + (entry.end - attr.end)
+    entry_header = wire.encode_key(NODE_ATTR) + wire.encode_varint(entry_length)
+    return [data[:entry.start] + entry_header + data[entry.value_start:attr.start]
+            + attr_header + data[attr.value_start:tensor.start]
             + tensor_header + data[tensor.value_start:insert_at] + content_header,
             value,
             data[insert_at:]]
-
-
-def _entry_key(view: io.BytesIO, entry: wire.Field) -> bytes | None:
-    keys = [f for f in wire.fields(view, entry.value_start, entry.end) if f.number == _MAP_KEY]
-    return wire.read_range(view, keys[-1].value_start, keys[-1].end) if keys else None
 
 
 def _content_bytes(value: np.ndarray):

@@ -1,9 +1,10 @@
 """The little of protobuf's wire format that streaming a large GraphDef file needs.
 
 Python protobuf parses or serializes a message whole, so a 1.4 GB frozen graph would sit in
-memory twice while parsing (the file's bytes and the parsed message). `model_io` instead
+memory twice while parsing (the file's bytes and the parsed message). `stream_read` instead
 walks the file's top-level fields with these helpers, parses small nodes in batches, and
-reads a large Const's `tensor_content` straight into a numpy array. Encoding reference:
+reads a large Const's `tensor_content` straight into a numpy array; `stream_write` splices
+such a value back into a node's serialization. Encoding reference:
 https://protobuf.dev/programming-guides/encoding/ (varints; keys are field << 3 | type).
 
     message    := field*
@@ -42,6 +43,11 @@ class Field:
     end: int
 
 
+def encode_key(number: int, wire_type: int = LENGTH_DELIMITED) -> bytes:
+    """A field's key: its number and wire type as one varint."""
+    return encode_varint(number << 3 | wire_type)
+
+
 def encode_varint(value: int) -> bytes:
     """Protobuf's base-128 varint encoding of a non-negative integer."""
     out = bytearray()
@@ -69,7 +75,7 @@ def _read_varint(handle: BinaryIO, limit: int) -> int:
 def fields(handle: BinaryIO, start: int, end: int) -> Iterator[Field]:
     """The fields of the message stored at file[start:end], in order, without their payloads.
 
-    Leaves the handle at each field's end before yielding the next one (callers may seek).
+    Each field is read from its own offset, so callers may move the handle in between.
     """
     position = start
     while position < end:
@@ -79,8 +85,8 @@ def fields(handle: BinaryIO, start: int, end: int) -> Iterator[Field]:
         if number == 0:
             raise WireError(f"field number 0 at offset {position}")
         if wire_type == VARINT:
+            value_start = handle.tell()
             _read_varint(handle, end)
-            value_start = position + len(encode_varint(key))
             value_end = handle.tell()
         elif wire_type == LENGTH_DELIMITED:
             length = _read_varint(handle, end)
