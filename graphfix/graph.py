@@ -46,6 +46,7 @@ class Body:
 
     where: str
     nodes: list
+    consts = None  # a slim graph's detached Const values (graphfix.detached.ConstStore); GraphBody only
 
     _index: dict | None = None
     _index_size: int = -1
@@ -57,6 +58,10 @@ class Body:
             self._index = {n.name: n for n in self.nodes}
             self._index_size = len(self.nodes)
         return self._index.get(name)
+
+    def detached_value(self, node):
+        """The node's value (an ndarray) when it is a slim Const whose value is held in `consts`, else None."""
+        return self.consts.value(node) if self.consts is not None else None
 
     def remove_nodes(self, names: set[str]) -> None:
         """Delete the named nodes in one pass."""
@@ -100,9 +105,10 @@ class Body:
 class GraphBody(Body):
     """The top-level node list of a GraphDef."""
 
-    def __init__(self, graph_def: graph_pb2.GraphDef):
+    def __init__(self, graph_def: graph_pb2.GraphDef, consts=None):
         self.container = graph_def
         self.where = "graph"
+        self.consts = consts
 
     @property
     def nodes(self):
@@ -166,9 +172,12 @@ class FunctionBody(Body):
             self.container.ret[key] = fix(self.container.ret[key])
 
 
-def bodies(graph_def: graph_pb2.GraphDef) -> list[Body]:
-    """The graph's own nodes, then each library function, in file order."""
-    return [GraphBody(graph_def)] + [FunctionBody(f) for f in graph_def.library.function]
+def bodies(graph_def: graph_pb2.GraphDef, consts=None) -> list[Body]:
+    """The graph's own nodes, then each library function, in file order.
+
+    consts: the ConstStore of a slim graph's detached values (they are top-level Consts).
+    """
+    return [GraphBody(graph_def, consts)] + [FunctionBody(f) for f in graph_def.library.function]
 
 
 def function_refs(nodes) -> Iterator:

@@ -201,12 +201,12 @@ def survey_graph_def(graph_def: graph_pb2.GraphDef, gate_order: str = gates.CUDN
     reach = _reachability(graph_def, meta)
     finder = ValueFinder(graph_def, saved_dir, meta, consts)
     found = []
-    for body in bodies(graph_def):
+    for body in bodies(graph_def, consts):
         cudnn = [n for n in body.nodes if is_cudnn(n.op)]
         if not cudnn:
             continue
         shapes = rewrite.Shapes(base, body)
-        folder = Folder(body, consts if isinstance(body, GraphBody) else None)
+        folder = Folder(body)
         key = TOP_LEVEL if isinstance(body, GraphBody) else body.container.signature.name
         for node in cudnn:
             op = FoundOp(label, body.where, node.name, node.op, None, None, None, "", reach(key, node.name), body)

@@ -15,7 +15,6 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from graphfix import layout
-from graphfix.detached import ConstStore
 from graphfix.errors import UnsupportedError
 from graphfix.graph import Body, TensorRef
 
@@ -33,9 +32,8 @@ CANONICAL_TO_PARAMS = ("CudnnRNNCanonicalToParams", "CudnnRNNCanonicalToParamsV2
 class Folder:
     """Folds tensors of one graph body; remembers results and why a tensor is not constant."""
 
-    def __init__(self, body: Body, consts: ConstStore | None = None):
+    def __init__(self, body: Body):
         self.body = body
-        self.consts = consts  # values of the body's detached Consts (graphfix.detached)
         self._cache: dict[TensorRef, np.ndarray | None] = {}
         self.why_not: dict[TensorRef, str] = {}
 
@@ -69,12 +67,14 @@ class Folder:
         if node is not None and node.op == "Const" and ref.index == 0:
             # The common case, read straight from the proto: a session would hold a
             # gigabyte-sized buffer four more times.
-            return self._const_value(node)
+            detached = self.body.detached_value(node)
+            return detached if detached is not None else tf.make_ndarray(node.attr["value"].tensor)
         substitutes: dict[str, np.ndarray] = {}
         for name in names:
             node = self.body.node(name)
-            if node.op == "Const" and self.consts is not None and self.consts.value(node) is not None:
-                substitutes[name] = self.consts.value(node)  # a slim Const: its value is not in the proto
+            detached = self.body.detached_value(node)
+            if detached is not None:  # a slim Const: its value is not in the proto
+                substitutes[name] = detached
                 continue
             if node.op in CANONICAL_TO_PARAMS:
                 parts = [self.fold(r) for r in self.body.data_inputs(node)[3:]]
@@ -97,10 +97,6 @@ class Folder:
         except _NotFoldable as exc:
             self.why_not[ref] = str(exc)
             return None
-
-    def _const_value(self, node) -> np.ndarray:
-        detached = self.consts.value(node) if self.consts is not None else None
-        return detached if detached is not None else tf.make_ndarray(node.attr["value"].tensor)
 
     def control_inputs(self, ref: TensorRef) -> list[str]:
         """Control inputs ("^node") of the tensor's folded ancestry that point outside it.

@@ -67,11 +67,10 @@ def convert_detached(graph_def: graph_pb2.GraphDef, consts: ConstStore | None, s
     out = graph_pb2.GraphDef()
     out.CopyFrom(graph_def)
     working = ConstStore(consts.values) if consts is not None else None
-    ctx = _Context(out, Report(source=source), gates.check(gate_order), tflite_target=tflite_target,
-                   consts=working)
+    ctx = _Context(out, Report(source=source), gates.check(gate_order), tflite_target=tflite_target)
     live = reachable_functions(out, roots)
     left_alone = set()
-    for body in bodies(out):  # a list made now: functions added while converting are not revisited
+    for body in bodies(out, working):  # a list made now: functions added while converting are not revisited
         if not any(is_cudnn(n.op) for n in body.nodes):
             continue
         if isinstance(body, GraphBody) or body.container.signature.name in live:
@@ -116,7 +115,6 @@ class _Context:
     report: Report
     gate_order: str = gates.CUDNN
     tflite_target: object = None  # graphfix.tflite.Target
-    consts: ConstStore | None = None  # detached top-level Const values (graphfix.detached)
     _shape_graph: tf.Graph | None = None
     _traced: dict = dataclasses.field(default_factory=dict)
 
@@ -180,7 +178,7 @@ class Shapes:
 
 def _rewrite_body(ctx: _Context, body: Body) -> None:
     shapes = Shapes(ctx.shape_graph, body)
-    folder = Folder(body, ctx.consts if isinstance(body, GraphBody) else None)
+    folder = Folder(body)
     folded_params: list[TensorRef] = []
     nodes = list(body.nodes)
     backprop = [n for n in nodes if n.op.startswith("CudnnRNNBackprop")]
@@ -359,9 +357,7 @@ def _convert_forward(ctx, body, node, shapes: "Shapes", folder: Folder) -> Tenso
 
     if fop.params is not None:
         values = weights.graph_weights_from_buffer(fop.params, spec, fop.gate_order)
-        weight_refs = _add_weight_consts(body, node.name, values, spec,
-                                         folder.control_inputs(fop.params_ref),
-                                         ctx.consts if isinstance(body, GraphBody) else None)
+        weight_refs = _add_weight_consts(body, node.name, values, spec, folder.control_inputs(fop.params_ref))
         params_note = "folded to constants"
     else:
         unpack = ctx.function(("unpack", spec, dtype, fop.gate_order),
@@ -422,11 +418,10 @@ def _refuse_training_consumers(body: Body, node, where: str) -> None:
             f"backward pass can use, are consumed by {', '.join(users)}", where)
 
 
-def _add_weight_consts(body: Body, node_name: str, values: list[np.ndarray], spec, controls=(),
-                       consts: ConstStore | None = None) -> list[str]:
+def _add_weight_consts(body: Body, node_name: str, values: list[np.ndarray], spec, controls=()) -> list[str]:
     """One Const per weight slot; `controls` keeps the ordering edges the folded subgraph had.
 
-    consts: where large values go instead of the proto, when the graph is slim.
+    In a slim graph (body.consts), large values go to its ConstStore instead of the proto.
     """
     refs = []
     for slot, value in zip(weights.weight_slots(spec), values):
@@ -435,8 +430,8 @@ def _add_weight_consts(body: Body, node_name: str, values: list[np.ndarray], spe
         const.name = name
         const.op = "Const"
         const.input.extend(controls)
-        if consts is not None and consts.wants(value):
-            consts.put(const, value)
+        if body.consts is not None and body.consts.wants(value):
+            body.consts.put(const, value)
         else:
             const.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
             const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.ascontiguousarray(value)))

@@ -66,10 +66,9 @@ class ValueFinder:
     def __init__(self, graph_def: graph_pb2.GraphDef, saved_model_dir: Path | None = None,
                  meta: meta_graph_pb2.MetaGraphDef | None = None, consts: ConstStore | None = None):
         self.graph_def = graph_def
-        self.consts = consts  # values of the graph's detached top-level Consts (graphfix.detached)
         self.dir = saved_model_dir
         self.meta = meta
-        self._bodies: dict[str, Body] = {"graph": GraphBody(graph_def)}
+        self._bodies: dict[str, Body] = {"graph": GraphBody(graph_def, consts)}
         for f in graph_def.library.function:
             self._bodies[f.signature.name] = FunctionBody(f)
         self._reader = None
@@ -94,7 +93,7 @@ class ValueFinder:
         node = body.node(ref.node)
         if node is None:
             raise _NotKnown(f"node {ref.node!r} does not exist in {body.where}")
-        detached = self._detached(body, node)
+        detached = body.detached_value(node)
         if detached is not None:
             return detached
         if node.op in ("ReadVariableOp",) + TF1_VARIABLES:
@@ -106,11 +105,6 @@ class ValueFinder:
             raise _NotKnown(f"it depends on node {node.name!r} (op {node.op}), whose value is only known "
                             "at run time")
         return self._run_pure(body, ref, used, depth)
-
-    def _detached(self, body: Body, node) -> np.ndarray | None:
-        if self.consts is None or not isinstance(body, GraphBody):
-            return None
-        return self.consts.value(node)
 
     def _run_pure(self, body: Body, ref: TensorRef, used: list, depth: int) -> np.ndarray:
         """Run the pure subgraph computing `ref`; its non-pure inputs are found first, as constants."""
@@ -128,7 +122,7 @@ class ValueFinder:
                 leaf = f"{r.node}:{r.index}" if not r.is_arg else f"arg:{r.node}"
                 source = body.node(r.node) if not r.is_arg else None
                 if (r.is_arg or source is None or source.op not in PURE_OPS
-                        or self._detached(body, source) is not None):  # a slim Const: its value is not in the proto
+                        or body.detached_value(source) is not None):  # a slim Const: its value is not in the proto
                     if leaf not in leaves:
                         leaves[leaf] = self._value(body, r, used, depth)
                 else:
