@@ -13,9 +13,12 @@ from pathlib import Path
 from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-from graphfix import gates, model_io, rewrite, saved_model_io
+from graphfix import rewrite
+from graphfix.cudnn import gates
 from graphfix.errors import GraphfixError, VerificationError
+from graphfix.io import graph_def_file, saved_model_dir
 from graphfix.report import Report
+from graphfix.targets.cpu import CpuTarget
 
 
 def convert_graph_def(graph_def: graph_pb2.GraphDef, source: str = "<graph>",
@@ -24,9 +27,9 @@ def convert_graph_def(graph_def: graph_pb2.GraphDef, source: str = "<graph>",
 
     `graph_def` is not modified. Raises GraphfixError (LayoutError, UnsupportedError, ...)
     naming the node when an op cannot be converted. gate_order: "ifoc" for LSTM params
-    exported by ROCm builds of Keras (`graphfix.gates`).
+    exported by ROCm builds of Keras (`graphfix.cudnn.gates`).
     """
-    return rewrite.convert_graph_def(graph_def, source=source, gate_order=gate_order)
+    return rewrite.convert_graph_def(graph_def, CpuTarget(), source=source, gate_order=gate_order)
 
 
 def default_output_path(src: Path) -> Path:
@@ -41,7 +44,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force:
     The input is never modified; the output is written atomically and only when the whole
     conversion succeeded. Raises GraphfixError on any refusal, with nothing written.
     A model without cuDNN ops is reported (`report.changed` is False) and nothing is written.
-    verify: check the conversion first (`graphfix.verify`, result in `report.verification`);
+    verify: check the conversion first (`graphfix.tools.verify`, result in `report.verification`);
     raise VerificationError, writing nothing, if it fails.
     """
     src = Path(src)
@@ -49,22 +52,22 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force:
     if src.is_dir():
         return _convert_saved_model(src, dst, force, gate_order, verify)
     dst = Path(dst) if dst is not None else default_output_path(src)
-    model_io.check_output_path(dst, force, source=src)
+    graph_def_file.check_output_path(dst, force, source=src)
     # Large Const values live outside the proto while converting (graphfix.detached): a
     # gigabyte params buffer then exists once or twice in memory, not five to seven times.
-    graph_def, consts = model_io.read_graph_def_detached(src)
+    graph_def, consts = graph_def_file.read_graph_def_detached(src)
     try:
         converted, converted_consts, report = rewrite.convert_detached(
-            graph_def, consts, source=str(src), gate_order=gate_order)
+            graph_def, consts, CpuTarget(), source=str(src), gate_order=gate_order)
     except GraphfixError as exc:
         raise exc.at(str(src)) from None
     if report.changed:
         if verify:
-            from graphfix import verify as checks
+            from graphfix.tools import verify as checks
             _require(report, checks.verify_graph_def(consts.attach(graph_def), converted_consts.attach(converted),
                                                      report, gate_order), src)
         del graph_def, consts  # the input's values that the output no longer needs can go now
-        model_io.write_graph_def(converted, dst, converted_consts)
+        graph_def_file.write_graph_def(converted, dst, converted_consts)
         report.output = str(dst)
     return report
 
@@ -80,7 +83,7 @@ def convert_saved_model_proto(proto: saved_model_pb2.SavedModel, source: str = "
         where = source if len(out.meta_graphs) == 1 else f"{source} [MetaGraph {tags}]"
         try:
             converted, part = rewrite.convert_graph_def(
-                meta.graph_def, source=where, roots=list(meta.object_graph_def.concrete_functions),
+                meta.graph_def, CpuTarget(), source=where, roots=list(meta.object_graph_def.concrete_functions),
                 gate_order=gate_order)
         except GraphfixError as exc:
             raise exc.at(where) from None
@@ -97,14 +100,14 @@ def _require(report: Report, verification, src: Path) -> None:
 
 
 def _convert_saved_model(src: Path, dst, force: bool, gate_order: str = gates.CUDNN, verify: bool = False) -> Report:
-    dst = Path(dst) if dst is not None else saved_model_io.default_output_dir(src)
-    model_io.check_output_path(dst, force, source=src)
-    proto = saved_model_io.read_saved_model(src)
+    dst = Path(dst) if dst is not None else saved_model_dir.default_output_dir(src)
+    graph_def_file.check_output_path(dst, force, source=src)
+    proto = saved_model_dir.read_saved_model(src)
     converted, report = convert_saved_model_proto(proto, source=str(src), gate_order=gate_order)
     if report.changed:
         if verify:
-            from graphfix import verify as checks
+            from graphfix.tools import verify as checks
             _require(report, checks.verify_saved_model(src, proto, converted, report, gate_order), src)
-        saved_model_io.write_saved_model(src, converted, dst, force)
+        saved_model_dir.write_saved_model(src, converted, dst, force)
         report.output = str(dst)
     return report

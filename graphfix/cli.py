@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="graphfix: %(message)s")
     if not args.debug:  # TensorFlow's own INFO lines (fingerprints, loading) are noise here
         logging.getLogger("tensorflow").setLevel(logging.WARNING)
-    from graphfix.errors import GraphfixError  # after the env var: graphfix imports TensorFlow
+    from graphfix.errors import (
+        GraphfixError,  # after the env var: graphfix imports TensorFlow
+    )
 
     try:
         return {"convert": _convert, "inspect": _inspect, "extract": _extract}[command](args)
@@ -153,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 def _convert(args) -> int:
     from graphfix import api
     if args.target == "tflite":
-        from graphfix import tflite
         from graphfix.errors import UnsupportedError
+        from graphfix.targets import tflite
         if args.verify:
             raise UnsupportedError("--verify is not available with --target tflite")
         report = tflite.convert_for_tflite(args.model, args.output, batch_size=args.batch_size,
@@ -180,7 +182,7 @@ def _convert(args) -> int:
 
 
 def _inspect(args) -> int:
-    from graphfix.inspect import inspect_model
+    from graphfix.tools.inspect import inspect_model
     survey = inspect_model(args.model, gate_order=args.gate_order)
     if args.json:
         print(json.dumps(survey.to_json(), indent=2))
@@ -190,7 +192,7 @@ def _inspect(args) -> int:
 
 
 def _extract(args) -> int:
-    from graphfix.extract import extract
+    from graphfix.tools.extract import extract
     result = extract(args.model, args.output, force=args.force, gate_order=args.gate_order)
     if not result.ops:
         print(f"{args.model}: no cuDNN RNN op with readable weights found; nothing written")

@@ -164,29 +164,32 @@ def child_phases(src: str, dst: str) -> None:
     src_p, dst_p = Path(src), Path(dst)
     try:
         if src_p.is_file():
-            from graphfix import model_io, rewrite
+            from graphfix import rewrite
+            from graphfix.io import graph_def_file
+            from graphfix.targets.cpu import CpuTarget
             t = time.perf_counter(); data = src_p.read_bytes(); mark("read bytes", t)
             t = time.perf_counter(); gd = graph_pb2.GraphDef(); gd.ParseFromString(data); mark("parse (bare protobuf)", t)
             t = time.perf_counter(); again = gd.SerializeToString(deterministic=True); mark("serialize (bare protobuf)", t)
             del data, gd, again
-            t = time.perf_counter(); gd, consts = model_io.read_graph_def_detached(src_p)
-            mark("model_io.read_graph_def_detached (parse, detach large Consts)", t)
+            t = time.perf_counter(); gd, consts = graph_def_file.read_graph_def_detached(src_p)
+            mark("graph_def_file.read_graph_def_detached (parse, detach large Consts)", t)
             with bc.StackSampler(focus="/graphfix/") as sampler:
-                t = time.perf_counter(); out, out_consts, _ = rewrite.convert_detached(gd, consts)
+                t = time.perf_counter(); out, out_consts, _ = rewrite.convert_detached(gd, consts, CpuTarget())
                 mark("rewrite.convert_detached", t)
             hot = sampler.table()
             del gd, consts
-            t = time.perf_counter(); model_io.write_graph_def(out, dst_p, out_consts)
-            mark("model_io.write_graph_def (streamed serialize + fsync)", t)
+            t = time.perf_counter(); graph_def_file.write_graph_def(out, dst_p, out_consts)
+            mark("graph_def_file.write_graph_def (streamed serialize + fsync)", t)
         else:
-            from graphfix import api, saved_model_io
-            t = time.perf_counter(); proto = saved_model_io.read_saved_model(src_p); mark("saved_model_io.read_saved_model (reads every variable)", t)
+            from graphfix import api
+            from graphfix.io import saved_model_dir
+            t = time.perf_counter(); proto = saved_model_dir.read_saved_model(src_p); mark("saved_model_dir.read_saved_model (reads every variable)", t)
             with bc.StackSampler(focus="/graphfix/") as sampler:
                 t = time.perf_counter(); out, _ = api.convert_saved_model_proto(proto, source=str(src_p)); mark("api.convert_saved_model_proto", t)
             hot = sampler.table()
             if dst_p.exists():
                 shutil.rmtree(dst_p)
-            t = time.perf_counter(); saved_model_io.write_saved_model(src_p, out, dst_p, force=True); mark("saved_model_io.write_saved_model (copy + pb + fingerprint)", t)
+            t = time.perf_counter(); saved_model_dir.write_saved_model(src_p, out, dst_p, force=True); mark("saved_model_dir.write_saved_model (copy + pb + fingerprint)", t)
     except Exception as exc:  # internal APIs change under concurrent edits: report, do not crash
         parts.append([f"stopped: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}",
                       float("nan"), float("nan"), float("nan")])

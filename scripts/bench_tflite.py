@@ -55,7 +55,8 @@ def cudnn_path(enabled: bool):
 
 def build(kind, batch, steps, features, units, root: Path):
     import keras
-    from graphfix import api, tflite
+    from graphfix import api
+    from graphfix.targets import tflite
 
     x = keras.Input((steps, features))
     layer = (keras.layers.LSTM if kind == "lstm" else keras.layers.GRU)(units, return_sequences=True)
@@ -77,7 +78,7 @@ def build(kind, batch, steps, features, units, root: Path):
 
 def candidates(model, files, root: Path, feed: np.ndarray):
     from ai_edge_litert.interpreter import Interpreter
-    from graphfix import tflite
+    from graphfix.targets import tflite
 
     out = {}
     for name, path in files.items():

@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from graphfix import layout
+from graphfix.cudnn import layout
 
 
 @dataclasses.dataclass

@@ -35,8 +35,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 import keras_graphs
-from graphfix import layout, reference
-from graphfix.rewrite import find_cudnn_nodes
+from graphfix.cudnn import layout, reference
+from graphfix.graph.bodies import find_cudnn_nodes
 
 REPO = Path(__file__).resolve().parents[1]
 ATOL = 1e-5  # float32, absolute

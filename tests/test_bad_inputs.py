@@ -76,7 +76,8 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.framework import types_pb2
 
-from graphfix import cli, layout
+from graphfix import cli
+from graphfix.cudnn import layout
 from raw_graphs import build
 from saved_models import save_tf1_cudnn
 
@@ -366,8 +367,8 @@ def _inject(monkeypatch, patch):
     def enospc(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if patch == "fsync":
-        from graphfix import model_io
-        monkeypatch.setattr(model_io.os, "fsync", enospc)
+        from graphfix.io import graph_def_file
+        monkeypatch.setattr(graph_def_file.os, "fsync", enospc)
     elif patch == "replace_tmp":  # moving the finished temporary file/folder into place fails
         real = os.replace
 
@@ -377,8 +378,8 @@ def _inject(monkeypatch, patch):
             return real(src, dst, *args, **kwargs)
         monkeypatch.setattr(os, "replace", replace)
     elif patch == "copytree":
-        from graphfix import saved_model_io
-        monkeypatch.setattr(saved_model_io.shutil, "copytree", enospc)
+        from graphfix.io import saved_model_dir
+        monkeypatch.setattr(saved_model_dir.shutil, "copytree", enospc)
 
 
 @pytest.fixture(autouse=True)

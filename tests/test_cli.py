@@ -26,8 +26,8 @@ import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 
-from graphfix import layout, reference
-from graphfix.rewrite import find_cudnn_nodes
+from graphfix.cudnn import layout, reference
+from graphfix.graph.bodies import find_cudnn_nodes
 from raw_graphs import build, run_graph_def, training_graph_def
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,9 +15,11 @@ import pytest
 import tensorflow as tf
 
 import graphfix
-from graphfix import detached, layout, model_io, reference, stream_write, wire
+from graphfix.cudnn import layout, reference
+from graphfix.graph import detached
+from graphfix.io import graph_def_file, stream_write, wire
 from graphfix.errors import InputError, OutputError
-from graphfix.rewrite import find_cudnn_nodes
+from graphfix.graph.bodies import find_cudnn_nodes
 from raw_graphs import build, run_graph_def
 
 SPEC = layout.RnnSpec("lstm", 2, 6, 5, 2)
@@ -50,7 +52,7 @@ def test_detached_conversion_computes_the_reference(tmp_path, small_threshold):
     case = build(spec, time_major=False, seed=5, lengths=np.array([5, 2, 0], np.int32))
     src = _write(tmp_path, case.graph_def)
     graphfix.convert(src, tmp_path / "out.pb")
-    out = model_io.read_graph_def(tmp_path / "out.pb")
+    out = graph_def_file.read_graph_def(tmp_path / "out.pb")
     assert not find_cudnn_nodes(out)
     assert any(n.name.startswith("rnn/graphfix/") and n.op == "Const" for n in out.node)
     got = run_graph_def(out, case.feeds, case.fetches)
@@ -102,7 +104,7 @@ def test_failed_streamed_write_leaves_nothing(tmp_path, small_threshold, monkeyp
 
     monkeypatch.setattr(store, "full_node", broken)
     with pytest.raises(OutputError, match="No space left on device"):
-        model_io.write_graph_def(slim, tmp_path / "out.pb", store)
+        graph_def_file.write_graph_def(slim, tmp_path / "out.pb", store)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -118,8 +120,8 @@ def test_input_file_is_unchanged(tmp_path, small_threshold):
 
 def _both_readers(path):
     """(slim, store) from the one-pass reader and from a whole parse + detach."""
-    streamed = model_io.read_graph_def_detached(path)
-    whole = detached.detach(model_io.read_graph_def(path))
+    streamed = graph_def_file.read_graph_def_detached(path)
+    whole = detached.detach(graph_def_file.read_graph_def(path))
     return streamed, whole
 
 
@@ -184,21 +186,21 @@ def test_one_pass_reader_on_damaged_files(tmp_path, small_threshold, data):
     path = tmp_path / "damaged.pb"
     path.write_bytes(bytes(raw))
     try:
-        whole = detached.detach(model_io.read_graph_def(path))
+        whole = detached.detach(graph_def_file.read_graph_def(path))
     except InputError as exc:
         with pytest.raises(InputError) as refused:
-            model_io.read_graph_def_detached(path)
+            graph_def_file.read_graph_def_detached(path)
         assert str(refused.value) == str(exc)
         return
-    _assert_same(model_io.read_graph_def_detached(path), whole)
+    _assert_same(graph_def_file.read_graph_def_detached(path), whole)
 
 
 # --- inspect and extract read GraphDef files slim too ------------------------------------
 
 @pytest.mark.parametrize("params_source", ["const", "concat", "canonical"])
 def test_inspect_and_extract_on_a_slim_read_match_a_whole_one(tmp_path, monkeypatch, params_source):
-    from graphfix import extract as extract_module
-    from graphfix import inspect as inspect_module
+    from graphfix.tools import extract as extract_module
+    from graphfix.tools import inspect as inspect_module
     case = build(SPEC, params_source=params_source, seed=8)
     src = _write(tmp_path, case.graph_def)
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from graphfix import layout
-from graphfix.inspect import inspect_model, survey_graph_def
+from graphfix.cudnn import layout
+from graphfix.tools.inspect import inspect_model, survey_graph_def
 from raw_graphs import build
 from tool_models import run_cli, save_keras3_lstm_gru
 

@@ -11,7 +11,7 @@ import pytest
 
 import graphfix
 import keras_graphs
-from graphfix.rewrite import find_cudnn_nodes
+from graphfix.graph.bodies import find_cudnn_nodes
 
 
 @pytest.fixture(scope="module", params=sorted(keras_graphs.BUILDERS))

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from graphfix.errors import LayoutError
-from graphfix.layout import (
+from graphfix.cudnn.layout import (
     GATES_PER_MODE,
     LayerWeights,
     RnnSpec,
@@ -406,9 +406,9 @@ def test_pack_canonical_empty():
 # --- import hygiene -----------------------------------------------------------------------
 
 def test_numpy_core_imports_without_tensorflow():
-    """graphfix.layout and graphfix.reference must import with TensorFlow made unimportable."""
+    """The numpy core (graphfix.cudnn: layout, gates, weights, reference) imports with TensorFlow made unimportable."""
     code = ("import sys; sys.modules['tensorflow'] = None; "
-            "import graphfix.layout, graphfix.reference; "
+            "import graphfix.cudnn.layout, graphfix.cudnn.gates, graphfix.cudnn.weights, graphfix.cudnn.reference; "
             "assert 'tensorflow' not in [m for m in sys.modules if sys.modules[m] is not None]")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))

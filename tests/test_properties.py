@@ -4,7 +4,7 @@ Three levels, cheapest first, so CI runs well over 200 examples in a few minutes
 
 - layout: pack(unpack(b)) == b with distinct values, and solve_input_size inverts
   params_size, for every layout (pure numpy, hundreds of examples);
-- emit, eager: the standard-op forward pass (`emit.rnn_forward`, the same code that is
+- emit, eager: the standard-op forward pass (`cpu.rnn_forward`, the same code that is
   traced into the converted graph) run eagerly on weights sliced from the buffer, compared
   with `reference.forward` (about 0.2 s an example);
 - conversion: a TF1 graph around tf.raw_ops.CudnnRNN/V2/V3 (tests/raw_graphs.py) converted
@@ -28,9 +28,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import graphfix
-from graphfix import emit, layout, reference, weights
+from graphfix.cudnn import layout, reference, weights
+from graphfix.targets import cpu
 from graphfix.errors import LayoutError
-from graphfix.rewrite import find_cudnn_nodes
+from graphfix.graph.bodies import find_cudnn_nodes
 from raw_graphs import build, run_graph_def
 
 SCALE = float(os.environ.get("GRAPHFIX_PROPERTY_SCALE", "1"))
@@ -201,7 +202,7 @@ EAGER_RUNS = []
 @_settings(EAGER_EXAMPLES)
 @given(configs(), st.booleans())
 def _eager_forward_matches_reference(cfg, slice_in_tf):
-    """emit.rnn_forward, run eagerly, equals reference.forward."""
+    """cpu.rnn_forward, run eagerly, equals reference.forward."""
     EAGER_RUNS.append(cfg)
     spec, dtype, B, T = cfg["spec"], cfg["dtype"], cfg["batch"], cfg["steps"]
     rng = np.random.default_rng(cfg["seed"])
@@ -212,13 +213,13 @@ def _eager_forward_matches_reference(cfg, slice_in_tf):
     c0 = (rng.standard_normal((LD, B, spec.num_units)) * 0.5).astype(dtype)
     tm = cfg["time_major"]
     if slice_in_tf:  # the in-graph slicing path (params known only at run time)
-        values = emit.unpack_params_tensor(tf.constant(buf), spec)
+        values = cpu.unpack_params_tensor(tf.constant(buf), spec)
     else:  # the folding path (params constant at conversion time)
         values = [tf.constant(v) for v in weights.graph_weights_from_buffer(buf, spec)]
-    call = emit.RnnCall(spec, tf.as_dtype(dtype), tm, cfg["op"] == "CudnnRNNV3",
+    call = cpu.RnnCall(spec, tf.as_dtype(dtype), tm, cfg["op"] == "CudnnRNNV3",
                         4 if cfg["op"] == "CudnnRNN" else 5)
     lengths = cfg["lengths"]
-    got = emit.rnn_forward(
+    got = cpu.rnn_forward(
         call,
         tf.constant(x if tm else x.transpose(1, 0, 2)),
         tf.constant(h0 if tm else h0.reshape(B, LD, -1)),

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphfix import layout, reference
-from graphfix.layout import LayerWeights, RnnSpec
+from graphfix.cudnn import layout, reference
+from graphfix.cudnn.layout import LayerWeights, RnnSpec
 
 tf = pytest.importorskip("tensorflow", reason="TensorFlow runs the Keras oracle")
 tf_keras = pytest.importorskip("tf_keras", reason="tf_keras is the CPU oracle for these tests")

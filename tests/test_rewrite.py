@@ -13,9 +13,9 @@ from google.protobuf import text_format
 import tensorflow as tf
 
 import graphfix
-from graphfix import layout, reference
+from graphfix.cudnn import layout, reference
 from graphfix.errors import LayoutError, UnsupportedError
-from graphfix.rewrite import find_cudnn_nodes
+from graphfix.graph.bodies import find_cudnn_nodes
 from raw_graphs import build, run_graph_def, training_graph_def
 
 TOLERANCE = {np.float16: 1e-2, np.float32: 1e-5, np.float64: 1e-10}

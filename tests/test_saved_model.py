@@ -26,7 +26,7 @@ import pytest
 import tensorflow as tf
 
 import graphfix
-from graphfix import layout
+from graphfix.cudnn import layout
 from saved_models import (ATOL, REPO, SavedCase, call_signature, cli_env, cudnn_ops, dir_digest, hidden_leftovers,
                           masked_input, max_errors, read_proto, run_cli, save_keras3, save_tf1_cudnn,
                           save_tf_keras_cudnn, uniform)

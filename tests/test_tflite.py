@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from graphfix import tflite
+from graphfix.targets import tflite
 from graphfix.errors import UnsupportedError
 from saved_models import call_signature, keras3_gpu_path, masked_input, max_errors, run_cli, save_keras3, uniform
 
@@ -181,7 +181,7 @@ def test_no_cell_clip_warning_within_ten_steps(tmp_path):
 
 @pytest.mark.parametrize("mode, fused", [("rnn_tanh", 0), ("gru", 0), ("lstm", 0)])
 def test_tf1_bidirectional_two_layers(mode, fused, tmp_path):
-    from graphfix import layout
+    from graphfix.cudnn import layout
     from saved_models import save_tf1_cudnn
 
     spec = layout.RnnSpec(mode, 2, 4, 3, 2, "linear_input", 0)

@@ -30,10 +30,10 @@ import pytest
 import tensorflow as tf
 
 import graphfix
-from graphfix import layout, reference
+from graphfix.cudnn import layout, reference
 from graphfix.errors import GraphfixError
-from graphfix.resolve import PURE_OPS
-from graphfix.rewrite import find_cudnn_nodes
+from graphfix.graph.folding import PURE_OPS
+from graphfix.graph.bodies import find_cudnn_nodes
 from raw_graphs import build, run_graph_def
 
 SPEC = layout.RnnSpec("gru", 1, 3, 2, 2)

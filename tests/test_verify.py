@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 
 import graphfix
-from graphfix import gates, layout, reference, verify
+from graphfix.cudnn import gates, layout, reference
+from graphfix.tools import verify
 from raw_graphs import build, run_graph_def
 from test_inspect import _function_graph
 from tool_models import REPO, run_cli, save_keras3_lstm_gru, to_ifoc
@@ -127,7 +128,8 @@ def test_gate_order_ifoc_converts_rocm_buffers(source):
 
 BREAK_WEIGHTS = """
 import sys
-from graphfix import cli, weights
+from graphfix import cli
+from graphfix.cudnn import weights
 original = weights.graph_weights_from_buffer
 weights.graph_weights_from_buffer = lambda *args, **kwargs: [w + 1e-3 for w in original(*args, **kwargs)]
 sys.argv[0] = "graphfix"

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from graphfix import emit, gates, layout, weights
-from graphfix.layout import RnnSpec
+from graphfix.cudnn import gates, layout, weights
+from graphfix.targets import cpu
+from graphfix.cudnn.layout import RnnSpec
 
 
 def test_lstm_slots_by_index():
@@ -67,11 +68,11 @@ def test_spans_merge_adjacent_pieces():
 
 @pytest.mark.parametrize("order", ["ifco", "ifoc"])
 def test_in_graph_unpack_equals_numpy(order):
-    """emit.unpack_params_tensor (run-time params) == numpy slots of the buffer put in cuDNN order."""
+    """cpu.unpack_params_tensor (run-time params) == numpy slots of the buffer put in cuDNN order."""
     spec = RnnSpec("lstm", 2, 3, 4, 2, num_proj=2)
     buf = np.arange(layout.params_size(spec), dtype=np.float32)
     want = weights.graph_weights_from_buffer(gates.to_cudnn_order(buf, spec, order), spec)
-    got = emit.unpack_params_tensor(tf.constant(buf), spec, order)
+    got = cpu.unpack_params_tensor(tf.constant(buf), spec, order)
     assert len(got) == len(want)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g.numpy(), w)

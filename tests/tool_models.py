@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graphfix import layout
+from graphfix.cudnn import layout
 
 REPO = Path(__file__).resolve().parent.parent
 KERAS3_SHAPE = (5, 3)  # time, features

@@ -23,9 +23,15 @@ import dataclasses
 from typing import BinaryIO
 
 import numpy as np
-from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, tensor_pb2
+from tensorflow.core.framework import (
+    attr_value_pb2,
+    graph_pb2,
+    node_def_pb2,
+    tensor_pb2,
+)
 
-from graphfix import detached, wire
+from graphfix.graph import detached
+from graphfix.io import wire
 
 GRAPH_NODE = 1        # GraphDef.node
 NODE_ATTR = 5         # NodeDef.attr (map entries: MAP_KEY, MAP_VALUE)

@@ -1,9 +1,9 @@
-"""The TFLite target: a SavedModel that converts with TFLITE_BUILTINS alone, and its .tflite.
+"""The TFLite target's files: a SavedModel that converts with TFLITE_BUILTINS alone, and its .tflite.
 
     src (cuDNN ops, any batch)
       -> rewrite with a fixed batch B: every loop state static; each LSTM layer/direction
          whose sequence lengths are full and whose output_c is unused becomes a call of the
-         fusable composite function (graphfix.tflite_lstm); the rest (GRU, SimpleRNN,
+         fusable composite function (fused_lstm.py; plan.py decides); the rest (GRU, SimpleRNN,
          masked or return_state LSTMs) a While loop with static TensorList element shapes
       -> saved again with every signature input's first (batch) dimension fixed to B
          (tf.saved_model.load + tf.function(input_signature=...) + tf.saved_model.save):
@@ -22,159 +22,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
-from graphfix import gates, model_io, rewrite, saved_model_io
+from graphfix import rewrite
+from graphfix.cudnn import gates
 from graphfix.errors import GraphfixError, OutputError, UnsupportedError
-from graphfix.graph import Body, FunctionBody
+from graphfix.io import graph_def_file, saved_model_dir
 from graphfix.report import Report
-
-
-CELL_CLIP = 10.0  # TFLite's fused LSTM clips the cell state to +-10
-
-
-# ---------------------------------------------------------------------------------------------
-# Per op: fused LSTM or While loop
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """How to emit for TFLite. batch: the fixed batch size; fuse_lstm: use the fused op where possible."""
-
-    batch: int | None  # None: each op's own static batch
-    fuse_lstm: bool = True
-    fetches: frozenset = frozenset()  # graph tensor names the signatures output ("rnn:2")
-
-
-def target_call(body: Body, node, fop, target: Target, report: Report):
-    """The RnnCall for one forward op on the TFLite target, with a note in the report why."""
-    batch = target.batch
-    if batch is None:
-        batch = fop.x_shape[1 if fop.time_major else 0] if fop.x_shape.rank else None
-        if batch is None:
-            raise UnsupportedError("the TFLite target needs a static batch and this op's input has none: pass "
-                                   "--batch-size N", f"{body.where}, node {node.name!r}")
-    why_not = _why_not_fused(body, node, fop, target.fetches) if target.fuse_lstm else "--no-fused-lstm"
-    call = dataclasses.replace(fop.call, static_batch=batch, fused_lstm=why_not is None)
-    how = "fused LSTM (UNIDIRECTIONAL_SEQUENCE_LSTM)" if why_not is None else f"While loop ({why_not})"
-    report.helpers.append(f"TFLite: {node.name!r} ({body.where}) -> {how}")
-    if why_not is None:
-        steps = fop.x_shape[0 if fop.time_major else 1] if fop.x_shape.rank else None
-        if steps is None or steps > CELL_CLIP:
-            # |c_t| <= |c_{t-1}| + 1 (forget gate < 1, |i * g| < 1): from a zero state no
-            # clipping can happen within 10 steps; beyond, it can.
-            report.warnings.append(
-                f"{body.where}, node {node.name!r}: TFLite's fused LSTM clips the cell state to +-10 "
-                f"(cell_clip); with {steps or 'an open number of'} time steps |c| can exceed 10 and the TFLite "
-                "results then differ from TensorFlow's; check on your data, or pass --no-fused-lstm "
-                "(a While loop: exact, slower)")
-    return call
-
-
-def _why_not_fused(body: Body, node, fop, fetches=frozenset()) -> str | None:
-    spec = fop.spec
-    if spec.mode != "lstm":
-        return f"{spec.mode}: TFLite fuses LSTMs only"
-    if spec.num_proj:
-        return "LSTM with projection"
-    if not spec.has_input_weights(0):
-        return "skip_input LSTM"
-    if fop.dtype != tf.float32:
-        return f"{fop.dtype.name}"
-    if fop.lengths_ref is not None and not _full_lengths(body, node, fop):
-        return "sequence lengths (masking): the fused op has none"
-    if _output_live(body, node, 2, fetches):
-        return "final cell state used (return_state): the fused op does not output it"
-    return None
-
-
-def _full_lengths(body: Body, node, fop) -> bool:
-    """Whether the V3 op's sequence_lengths are every example's full length T.
-
-    Constant lengths all equal to the static T; or Keras 3's unmasked pattern
-    `tf.fill([batch], tf.shape(x)[time_axis])` on this op's own input x.
-    """
-    t_axis = 0 if fop.time_major else 1
-    steps = fop.x_shape[t_axis] if fop.x_shape.rank else None
-    if fop.lengths is not None:
-        return steps is not None and bool(np.all(np.asarray(fop.lengths) == steps))
-    fill = _producer(body, fop.lengths_ref)
-    if fill is None or fill.op != "Fill":
-        return False
-    value = _producer(body, body.data_inputs(fill)[1])
-    if value is None or value.op != "StridedSlice" or value.attr["shrink_axis_mask"].i != 1:
-        return False
-    shape_ref, begin_ref = body.data_inputs(value)[:2]
-    shape = _producer(body, shape_ref)
-    begin = _const(body, begin_ref)
-    return (shape is not None and shape.op == "Shape" and begin is not None and begin.tolist() == [t_axis]
-            and body.data_inputs(shape)[0] in _same_steps(body, body.data_inputs(node)[0]))
-
-
-def _same_steps(body: Body, ref) -> list:
-    """ref and the tensors it was reordered from along time without changing T (Keras's
-    go_backwards reverses its input before the op)."""
-    refs = [ref]
-    node = _producer(body, ref)
-    while node is not None and node.op in ("ReverseSequence", "ReverseV2", "Identity"):
-        ref = body.data_inputs(node)[0]
-        refs.append(ref)
-        node = _producer(body, ref)
-    return refs
-
-
-def _producer(body: Body, ref):
-    return None if ref is None or ref.is_arg else body.node(ref.node)
-
-
-def _const(body: Body, ref):
-    node = _producer(body, ref)
-    if node is None or node.op != "Const":
-        return None
-    return tf.make_ndarray(node.attr["value"].tensor)
-
-
-def _output_live(body: Body, node, index: int, fetches=frozenset()) -> bool:
-    """Whether output `index` of `node` reaches the body's results (in a graph: any consumer,
-    or a fetch, i.e. a tensor a signature outputs).
-
-    A traced Keras function keeps nodes nothing uses (the squeezed final cell state of a
-    layer without return_state): those do not count.
-    """
-    if not isinstance(body, FunctionBody):
-        return (f"{node.name}:{index}" in fetches
-                or any(ref.index == index for _, _, ref in body.consumers(node.name)))
-    results = {ref.node for _, ref in body.output_refs() if ref is not None and not ref.is_arg}
-    users: dict[str, set[str]] = {}
-    for n in body.nodes:
-        for text in n.input:
-            ref = body.parse_input(text)
-            if ref is not None and not ref.is_arg:
-                users.setdefault(ref.node, set()).add(n.name)
-    if any(ref is not None and ref.node == node.name and ref.index == index for _, ref in body.output_refs()):
-        return True
-    stack = [n.name for n, _, ref in body.consumers(node.name) if ref.index == index]
-    seen: set[str] = set()
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name in results or _stateful(body.node(name)):
-            return True
-        stack.extend(users.get(name, ()))
-    return False
-
-
-def _stateful(node) -> bool:
-    from tensorflow.python.framework import op_def_registry  # noqa: PLC0415
-    op_def = op_def_registry.get(node.op) if node is not None else None
-    return op_def is None or op_def.is_stateful and node.op not in ("PartitionedCall",)
-
-
-# ---------------------------------------------------------------------------------------------
-# The SavedModel
+from graphfix.targets.tflite.plan import TfliteTarget
 
 
 def signature_batch(proto) -> set[int | None]:
@@ -212,19 +68,19 @@ def convert_for_tflite(src, dst=None, batch_size: int | None = None, tflite_file
     Raises GraphfixError, writing nothing, on any refusal.
     """
     src = Path(src)
-    if not saved_model_io.is_saved_model_dir(src):
+    if not saved_model_dir.is_saved_model_dir(src):
         raise UnsupportedError("the TFLite target takes a SavedModel directory", str(src))
     dst = Path(dst) if dst is not None else src.with_name(f"{src.name.rstrip('/')}_tflite")
-    model_io.check_output_path(dst, force, source=src)
+    graph_def_file.check_output_path(dst, force, source=src)
     if tflite_file is not None:
-        model_io.check_output_path(Path(tflite_file), force, source=src)
-    proto = saved_model_io.read_saved_model(src)
+        graph_def_file.check_output_path(Path(tflite_file), force, source=src)
+    proto = saved_model_dir.read_saved_model(src)
     batch = choose_batch(proto, batch_size, str(src))
-    converted, report = _convert_proto(proto, str(src), gate_order, Target(batch, fuse_lstm))
+    converted, report = _convert_proto(proto, str(src), gate_order, TfliteTarget(batch, fuse_lstm))
     parent = dst.parent if str(dst.parent) else Path(".")
     work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".work", dir=parent))
     try:
-        saved_model_io.write_saved_model(src, converted, work / "cpu", force=False)
+        saved_model_dir.write_saved_model(src, converted, work / "cpu", force=False)
         fused = [h for h in report.helpers if "-> fused LSTM" in h]
         loops = [h for h in report.helpers if "-> While loop" in h]
         ready = work / "cpu"
@@ -236,9 +92,9 @@ def convert_for_tflite(src, dst=None, batch_size: int | None = None, tflite_file
             report.warnings.append(
                 "this model has both fused LSTMs and While loops: TFLiteConverter.from_saved_model (TF 2.21) "
                 "cannot convert the output with builtins only; use graphfix's --tflite, or "
-                "graphfix.tflite.to_tflite(), which convert through the signature's concrete function")
+                "graphfix.targets.tflite.to_tflite(), which convert through the signature's concrete function")
         content = to_tflite(ready) if tflite_file is not None else None
-        saved_model_io._move_into_place(ready, dst, force)  # noqa: SLF001 (same package)
+        saved_model_dir._move_into_place(ready, dst, force)  # noqa: SLF001 (same package)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report.output = str(dst)
@@ -251,8 +107,7 @@ def convert_for_tflite(src, dst=None, batch_size: int | None = None, tflite_file
     return report
 
 
-def _convert_proto(proto, source, gate_order, target: Target):
-    from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415
+def _convert_proto(proto, source, gate_order, target: TfliteTarget):
     out = saved_model_pb2.SavedModel()
     out.CopyFrom(proto)
     report = Report(source=source)
@@ -262,8 +117,8 @@ def _convert_proto(proto, source, gate_order, target: Target):
         target = dataclasses.replace(target, fetches=fetches)
         try:
             converted, part = rewrite.convert_graph_def(
-                meta.graph_def, source=source, roots=list(meta.object_graph_def.concrete_functions),
-                gate_order=gate_order, tflite_target=target)
+                meta.graph_def, target, source=source, roots=list(meta.object_graph_def.concrete_functions),
+                gate_order=gate_order)
         except GraphfixError as exc:
             raise exc.at(source) from None
         meta.graph_def.CopyFrom(converted)
@@ -286,7 +141,9 @@ def _save_for_tflite(src: Path, dst: Path, batch: int | None, freeze: bool) -> N
     when their weights are constants; but freezing inlines functions, which loses the fused
     LSTMs' composite functions. So: frozen when no LSTM is fused, not frozen otherwise.
     """
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2  # noqa: PLC0415
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,  # noqa: PLC0415
+    )
     loaded = tf.saved_model.load(str(src))
     signatures = {}
     for key, fn in loaded.signatures.items():

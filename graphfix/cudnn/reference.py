@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphfix.layout import LayerWeights, RnnSpec
+from graphfix.cudnn.layout import LayerWeights, RnnSpec
 
 
 def _sigmoid(x):

@@ -14,9 +14,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
-from graphfix import layout
+from graphfix.cudnn import layout
 from graphfix.errors import UnsupportedError
-from graphfix.graph import Body, TensorRef
+from graphfix.graph.bodies import Body, TensorRef
 
 # Ops that compute a value from their inputs alone: no state, no I/O, no randomness.
 PURE_OPS = frozenset({

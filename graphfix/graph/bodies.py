@@ -196,3 +196,22 @@ def function_refs(nodes) -> Iterator:
 
 def is_cudnn(op_type: str) -> bool:
     return op_type.startswith("Cudnn")
+
+
+def reachable_functions(graph_def: graph_pb2.GraphDef, roots=()) -> set[str]:
+    """Library functions the graph's nodes, or the named root functions, can call."""
+    library = {f.signature.name: f for f in graph_def.library.function}
+    seen: set[str] = set()
+    stack = list(roots) + [f.name for f in function_refs(graph_def.node)]
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in library:
+            continue
+        seen.add(name)
+        stack.extend(f.name for f in function_refs(library[name].node_def))
+    return seen
+
+
+def find_cudnn_nodes(graph_def: graph_pb2.GraphDef) -> list[tuple[str, node_def_pb2.NodeDef]]:
+    """(where, node) for every cuDNN op in the graph and its function library."""
+    return [(b.where, n) for b in bodies(graph_def) for n in b.nodes if is_cudnn(n.op)]

@@ -1,8 +1,10 @@
-"""Standard-op TensorFlow functions that compute what a cuDNN op computed.
+"""The CPU target: standard-op TensorFlow functions that compute what a cuDNN op computed.
 
+`CpuTarget` is what `graphfix.convert` hands the rewrite (`graphfix.rewrite.target.Target`).
 Each builder traces a `tf.function` for one static configuration and returns its
 FunctionDefs (the function and the While bodies it calls), renamed deterministically from
-the node being replaced, so that the same input always gives the same output.
+the node being replaced (`graphfix.graph.traced`), so that the same input always gives the
+same output.
 
 The RNN function (one per cuDNN node)::
 
@@ -25,32 +27,33 @@ Float16 and bfloat16 are computed in float32 and cast back (cuDNN accumulates in
 from __future__ import annotations
 
 import dataclasses
-import re
 
-import numpy as np
 import tensorflow as tf
 
-from graphfix import gates
-from graphfix.graph import function_refs
-from graphfix.layout import RnnSpec, pieces
-from graphfix.weights import graph_weights, weight_slots
+from graphfix.cudnn import gates
+from graphfix.cudnn.layout import RnnSpec
+from graphfix.cudnn.weights import graph_weights, weight_slots
+from graphfix.graph.traced import TracedFunction, trace
 
 _UPCAST = {tf.float16: tf.float32, tf.bfloat16: tf.float32}
 
 
 @dataclasses.dataclass(frozen=True)
 class RnnCall:
-    """Everything static about one cuDNN forward op that the CPU function depends on."""
+    """Everything static about one cuDNN forward op that the CPU function depends on.
+
+    Its repr names the traced function (a digest of it), so fields and their order are
+    part of the output's bytes.
+    """
 
     spec: RnnSpec
     dtype: tf.DType
     time_major: bool = True
     has_sequence_lengths: bool = False
     num_outputs: int = 4  # CudnnRNN: 4; V2/V3: 5 (host_reserved)
-    # TFLite target (graphfix.tflite): a fixed batch makes every loop state static, as
-    # builtins-only conversion needs; fused_lstm computes each LSTM layer/direction in a
-    # function the TFLite converter fuses (only when sequence lengths are full and output_c
-    # is unused: the fused op has no lengths and no final cell state).
+    # TFLite target (graphfix.targets.tflite): a fixed batch makes every loop state static,
+    # as builtins-only conversion needs; fused_lstm: each LSTM layer/direction goes through
+    # the `fused_direction` given to trace_rnn (a function the TFLite converter fuses).
     static_batch: int | None = None
     fused_lstm: bool = False
 
@@ -103,7 +106,7 @@ def _cell_step(spec: RnnSpec, x_t, h, c, recurrent_kernel, recurrent_bias, proje
 _UNROLL = 4
 
 
-def _run_direction(spec, x_proj, h0, c0, w, lengths, reverse, static_batch=None):
+def run_direction(spec, x_proj, h0, c0, w, lengths, reverse, static_batch=None):
     """One pseudo-layer. x_proj: [T, B, G*H]; h0 [B, Hh]; c0 [B, H]; lengths [B] (<= T) or None.
 
     Returns (y [T, B, Hh], h_n [B, Hh], c_n [B, H]). static_batch: B when fixed (TFLite).
@@ -121,7 +124,7 @@ def _run_direction(spec, x_proj, h0, c0, w, lengths, reverse, static_batch=None)
 
 
 def _scan(spec, x_proj, h0, c0, w, lengths, reverse, static_batch):
-    """_run_direction's loop; masked past each example's length when `lengths` is given."""
+    """run_direction's loop; masked past each example's length when `lengths` is given."""
     steps = tf.shape(x_proj)[0]
     if reverse:  # with full lengths reverse_sequence is tf.reverse
         x_proj = (tf.reverse(x_proj, [0]) if lengths is None
@@ -169,8 +172,12 @@ def _scan(spec, x_proj, h0, c0, w, lengths, reverse, static_batch):
     return y, h_n, c_n
 
 
-def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values):
-    """The cuDNN op's forward pass in standard ops. Shapes as the op's (see CUDNN_FACTS §1)."""
+def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values, fused_direction=None):
+    """The cuDNN op's forward pass in standard ops. Shapes as the op's (see CUDNN_FACTS §1).
+
+    fused_direction(spec, batch, x [T,B,I], h0, c0, w, reverse) -> (y, h_n, c_n): computes each
+    layer/direction when call.fused_lstm (the TFLite target's fusable LSTM).
+    """
     spec = call.spec
     out_dtype = x.dtype
     compute = _UPCAST.get(out_dtype, out_dtype)
@@ -207,7 +214,6 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values):
             w = by_layer[(layer, d)]
             k = layer * spec.num_dirs + d
             if call.fused_lstm:
-                from graphfix.tflite_lstm import fused_direction  # noqa: PLC0415 (TFLite target only)
                 y, h_n, c_n = fused_direction(spec, call.static_batch, layer_in, h0[k], c0[k], w, reverse=d == 1)
                 outs.append(y)
                 h_list.append(h_n)
@@ -219,7 +225,7 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values):
                 proj = tf.tile(flat_in, [1, spec.gates])
             proj = proj + w.get("bias", w.get("input_bias"))
             x_proj = tf.reshape(proj, [steps, batch, spec.gates * spec.num_units])
-            y, h_n, c_n = _run_direction(spec, x_proj, h0[k], c0[k], w, lengths, reverse=d == 1,
+            y, h_n, c_n = run_direction(spec, x_proj, h0[k], c0[k], w, lengths, reverse=d == 1,
                                          static_batch=call.static_batch)
             outs.append(y)
             h_list.append(h_n)
@@ -240,18 +246,11 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values):
     return results
 
 
-@dataclasses.dataclass
-class TracedFunction:
-    """A function to add to a library: its name, signature types, and all FunctionDefs."""
+def trace_rnn(call: RnnCall, name: str, fused_direction=None) -> TracedFunction:
+    """Trace the CPU replacement of one cuDNN forward op as FunctionDefs named from `name`.
 
-    name: str
-    input_types: list
-    output_types: list
-    function_defs: list  # FunctionDef protos; the first is `name`
-
-
-def trace_rnn(call: RnnCall, name: str) -> TracedFunction:
-    """Trace the CPU replacement of one cuDNN forward op as FunctionDefs named from `name`."""
+    fused_direction: see rnn_forward (the TFLite target's; None on CPU).
+    """
     spec, dtype = call.spec, call.dtype
     LD = spec.num_layers * spec.num_dirs
     B = call.static_batch
@@ -269,97 +268,38 @@ def trace_rnn(call: RnnCall, name: str) -> TracedFunction:
         x, h0, c0 = args[:3]
         seq = args[3] if call.has_sequence_lengths else None
         weights = args[4 if call.has_sequence_lengths else 3:]
-        return rnn_forward(call, x, h0, c0, seq, weights)
+        return rnn_forward(call, x, h0, c0, seq, weights, fused_direction)
 
-    return _trace(forward, signature, name)
+    return trace(forward, signature, name)
 
 
 def trace_params_unpack(spec: RnnSpec, dtype: tf.DType, name: str, gate_order: str = gates.CUDNN) -> TracedFunction:
     """Trace params [N] -> the RNN function's weight inputs (for params known at run time)."""
     signature = [tf.TensorSpec([None], dtype, "params")]
-    return _trace(lambda params: unpack_params_tensor(params, spec, gate_order), signature, name)
+    return trace(lambda params: unpack_params_tensor(params, spec, gate_order), signature, name)
 
 
-def trace_params_to_canonical(spec: RnnSpec, dtype: tf.DType, name: str) -> TracedFunction:
-    """Trace CudnnRNNParamsToCanonical(V2): params [N] -> weights..., biases... (buffer order)."""
-    signature = [tf.TensorSpec([None], dtype, "params")]
-    ordered = [p for p in pieces(spec) if p.kind in ("W", "R", "P")] + \
-              [p for p in pieces(spec) if p.kind in ("bW", "bR")]
-    return _trace(lambda params: [tf.reshape(tf.slice(params, [p.offset], [p.size]), p.shape)
-                                  for p in ordered], signature, name)
+class CpuTarget:
+    """The CPU target (`graphfix.rewrite.target.Target`): one While-loop function per configuration.
 
-
-def trace_canonical_to_params(shapes: list, dtype: tf.DType, name: str) -> TracedFunction:
-    """Trace CudnnRNNCanonicalToParams(V2): weights..., biases... -> params [N] (flat concat)."""
-    signature = [tf.TensorSpec(s, dtype, f"piece{i}") for i, s in enumerate(shapes)]
-    return _trace(lambda *parts: tf.concat([tf.reshape(p, [-1]) for p in parts], axis=0), signature, name)
-
-
-def _trace(fn, signature, name) -> TracedFunction:
-    concrete = tf.function(fn, input_signature=signature, autograph=False).get_concrete_function()
-    library = {f.signature.name: f for f in concrete.graph.as_graph_def().library.function}
-    main = concrete.function_def
-    library[main.signature.name] = main
-    renamed = _rename_functions(main.signature.name, library, name)
-    out_types = [tf.as_dtype(a.type) for a in renamed[0].signature.output_arg]
-    in_types = [tf.as_dtype(a.type) for a in renamed[0].signature.input_arg]
-    return TracedFunction(renamed[0].signature.name, in_types, out_types, renamed)
-
-
-def _rename_functions(root: str, library: dict, base: str) -> list:
-    """Copy `root` and the functions it reaches, named base, base__1, ... in call order.
-
-    TF names traced functions with a process-wide counter; renaming by discovery order
-    makes the output depend only on the input.
+    Ops whose RnnCall is equal share one traced function, named after the first of them.
     """
-    order, queue = [], [root]
-    while queue:
-        fname = queue.pop(0)
-        if fname in order or fname not in library:
-            continue
-        order.append(fname)
-        queue.extend(f.name for f in function_refs(library[fname].node_def))
-    new_names = {old: base if i == 0 else f"{base}__{i}" for i, old in enumerate(order)}
-    out = []
-    for old in order:
-        fdef = type(library[old])()
-        fdef.CopyFrom(library[old])
-        fdef.signature.name = new_names[old]
-        for ref in function_refs(fdef.node_def):
-            ref.name = new_names.get(ref.name, ref.name)
-        _rename_args(fdef, new_names)
-        out.append(fdef)
-    return out
+
+    def plan(self, body, node, fop, report) -> RnnCall:
+        return call_for(fop)
+
+    def share_key(self, plan: RnnCall, function_name: str):
+        return plan
+
+    def trace_rnn(self, plan: RnnCall, function_name: str) -> TracedFunction:
+        return trace_rnn(plan, function_name)
+
+    def trace_params_unpack(self, spec: RnnSpec, dtype: tf.DType, function_name: str,
+                            gate_order: str) -> TracedFunction:
+        return trace_params_unpack(spec, dtype, function_name, gate_order)
 
 
-def _rename_args(fdef, new_names: dict) -> None:
-    """TF bakes function names into some argument names (`while_cond_83___redundant_placeholder0`)."""
-    pattern = re.compile("|".join(re.escape(old) for old in sorted(new_names, key=len, reverse=True)))
-    renamed = {}
-    for arg in fdef.signature.input_arg:
-        new = pattern.sub(lambda m: new_names[m.group(0)], arg.name)
-        if new != arg.name:
-            renamed[arg.name] = new
-            arg.name = new
-    if not renamed:
-        return
+def call_for(fop) -> RnnCall:
+    """The RnnCall of a `graphfix.rewrite.forward_op.ForwardOp`, any batch."""
+    return RnnCall(fop.spec, fop.dtype, fop.time_major, fop.has_sequence_lengths, fop.num_outputs)
 
-    def fix(text):
-        bang = "^" if text.startswith("^") else ""
-        head, sep, tail = text.lstrip("^").partition(":")
-        return bang + renamed.get(head, head) + sep + tail
-
-    for node in fdef.node_def:
-        node.input[:] = [fix(t) for t in node.input]
-    for key in list(fdef.ret):
-        fdef.ret[key] = fix(fdef.ret[key])
-
-
-def function_name_for(node_path: str, suffix: str = "") -> str:
-    """A valid, deterministic function name derived from a node's path."""
-    safe = re.sub(r"[^A-Za-z0-9_]", "_", node_path).strip("_") or "node"
-    return f"graphfix_{safe}{suffix}"
-
-
-def numpy_dtype(dtype: tf.DType):
-    return np.dtype(dtype.as_numpy_dtype)

@@ -15,10 +15,10 @@ from typing import BinaryIO, Callable
 from google.protobuf import message, text_format
 from tensorflow.core.framework import graph_pb2
 
-from graphfix import stream_read, stream_write
-from graphfix.detached import ConstStore, detach
 from graphfix.errors import InputError, OutputError
-from graphfix.wire import WireError
+from graphfix.graph.detached import ConstStore, detach
+from graphfix.io import stream_read, stream_write
+from graphfix.io.wire import WireError
 
 TEXT_SUFFIXES = (".pbtxt", ".txt", ".prototxt")
 

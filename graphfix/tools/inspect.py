@@ -25,12 +25,14 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from graphfix import gates, layout, model_io, rewrite, saved_model_io
-from graphfix.detached import ConstStore
+from graphfix import rewrite
+from graphfix.cudnn import gates, layout
 from graphfix.errors import GraphfixError, InputError
-from graphfix.graph import Body, GraphBody, bodies, is_cudnn
-from graphfix.resolve import CANONICAL_TO_PARAMS, Folder
-from graphfix.saved_values import Found, ValueFinder
+from graphfix.graph.bodies import Body, GraphBody, bodies, is_cudnn, reachable_functions
+from graphfix.graph.detached import ConstStore
+from graphfix.graph.folding import CANONICAL_TO_PARAMS, Folder
+from graphfix.graph.saved_values import Found, ValueFinder
+from graphfix.io import graph_def_file, saved_model_dir
 
 TOP_LEVEL = "top level"
 
@@ -170,11 +172,11 @@ def load_parts(path: str | os.PathLike) -> tuple[str, list[tuple[str, graph_pb2.
     """
     path = Path(path)
     if path.is_dir():
-        proto = saved_model_io.read_saved_model(path)
+        proto = saved_model_dir.read_saved_model(path)
         many = len(proto.meta_graphs) > 1
         return "SavedModel", [(",".join(m.meta_info_def.tags) or "untagged" if many else "", m.graph_def, m, None)
                               for m in proto.meta_graphs]
-    graph_def, consts = model_io.read_graph_def_detached(path)
+    graph_def, consts = graph_def_file.read_graph_def_detached(path)
     return "GraphDef", [("", graph_def, None, consts)]
 
 
@@ -253,7 +255,7 @@ def _describe_params(body: Body, ref, found: Found, fop) -> str:
 def _reachability(graph_def: graph_pb2.GraphDef, meta):
     """reach(function name or TOP_LEVEL, node name) -> the signatures (or ["top level"]) that run it."""
     if meta is None:
-        live = rewrite.reachable_functions(graph_def)
+        live = reachable_functions(graph_def)
         return lambda key, node: [TOP_LEVEL] if key == TOP_LEVEL or key in live else []
     by_signature = {}
     top = GraphBody(graph_def)
@@ -264,7 +266,7 @@ def _reachability(graph_def: graph_pb2.GraphDef, meta):
         view = graph_pb2.GraphDef()
         view.node.extend(n for n in graph_def.node if n.name in nodes)
         view.library.CopyFrom(graph_def.library)
-        by_signature[name] = (nodes, rewrite.reachable_functions(view))
+        by_signature[name] = (nodes, reachable_functions(view))
 
     def reach(key, node):
         return [name for name, (nodes, functions) in by_signature.items()

@@ -30,8 +30,8 @@ import dataclasses
 
 import numpy as np
 
-from graphfix import gates
-from graphfix.layout import LayerWeights, Piece, RnnSpec, pieces
+from graphfix.cudnn import gates
+from graphfix.cudnn.layout import LayerWeights, Piece, RnnSpec, pieces
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ signature (Keras's gate order i, f, c, o; CUDNN_FACTS §7)::
 
 In TensorFlow the function runs its body: the same While loop as every other graphfix RNN,
 so the SavedModel keeps computing exactly what it computed before. TFLite's fused op clips
-the cell state to [-10, 10] (cell_clip 10, hard-coded); see README "TFLite".
+the cell state to [-10, 10] (cell_clip 10, hard-coded); see docs/tflite.md.
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ import functools
 
 import tensorflow as tf
 
-from graphfix.layout import RnnSpec
+from graphfix.cudnn.layout import RnnSpec
+from graphfix.targets.cpu import run_direction
 
 
 @functools.lru_cache(maxsize=None)
 def _composite(batch: int, input_size: int, units: int, dtype: tf.DType):
     """The tf.function for one static configuration (cached: one library function per shape)."""
-    from graphfix.emit import _run_direction  # noqa: PLC0415 (emit imports this module lazily)
-
     spec = RnnSpec("lstm", 1, units, input_size, 1, "linear_input", 0)
     signature = [tf.TensorSpec([None, batch, input_size], dtype, "input"),
                  tf.TensorSpec([batch, units], dtype, "init_h"),
@@ -42,7 +41,7 @@ def _composite(batch: int, input_size: int, units: int, dtype: tf.DType):
     def lstm(x, h0, c0, kernel, recurrent_kernel, bias):
         steps = tf.shape(x)[0]
         proj = tf.reshape(tf.matmul(tf.reshape(x, [-1, input_size]), kernel) + bias, [steps, batch, 4 * units])
-        y, h_n, c_n = _run_direction(spec, proj, h0, c0, {"recurrent_kernel": recurrent_kernel}, None,
+        y, h_n, c_n = run_direction(spec, proj, h0, c0, {"recurrent_kernel": recurrent_kernel}, None,
                                      reverse=False, static_batch=batch)
         return h_n, y, h_n, c_n, tf.zeros([], dtype)
 

@@ -29,10 +29,10 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, trackable_object_graph_pb2
 
-from graphfix import layout
-from graphfix.detached import ConstStore
-from graphfix.graph import Body, FunctionBody, GraphBody, TensorRef
-from graphfix.resolve import CANONICAL_TO_PARAMS, PURE_OPS
+from graphfix.cudnn import layout
+from graphfix.graph.bodies import Body, FunctionBody, GraphBody, TensorRef
+from graphfix.graph.detached import ConstStore
+from graphfix.graph.folding import CANONICAL_TO_PARAMS, PURE_OPS
 
 CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 TF1_VARIABLES = ("VariableV2", "Variable", "VarHandleOp")

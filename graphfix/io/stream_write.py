@@ -22,9 +22,15 @@ from typing import BinaryIO
 import numpy as np
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
-from graphfix import stream_read, wire
-from graphfix.detached import ConstStore
-from graphfix.stream_read import ATTR_TENSOR, GRAPH_NODE, MAP_VALUE, NODE_ATTR, TENSOR_CONTENT
+from graphfix.graph.detached import ConstStore
+from graphfix.io import stream_read, wire
+from graphfix.io.stream_read import (
+    ATTR_TENSOR,
+    GRAPH_NODE,
+    MAP_VALUE,
+    NODE_ATTR,
+    TENSOR_CONTENT,
+)
 
 
 def write_graph(graph_def: graph_pb2.GraphDef, consts: ConstStore, handle: BinaryIO) -> None:

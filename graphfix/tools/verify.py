@@ -38,10 +38,12 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-from graphfix import gates, layout, reference, rewrite, saved_model_io
-from graphfix.graph import Body, bodies
-from graphfix.inspect import FoundOp, survey_graph_def
+from graphfix import rewrite
+from graphfix.cudnn import gates, layout, reference
+from graphfix.graph.bodies import Body, bodies, reachable_functions
+from graphfix.io import saved_model_dir
 from graphfix.report import Report
+from graphfix.tools.inspect import FoundOp, survey_graph_def
 
 TOLERANCE = {"float16": 1e-2, "bfloat16": 5e-2, "float32": 1e-5, "float64": 1e-10}
 DEFAULT_BATCH, DEFAULT_TIME, DEFAULT_DIM = 3, 5, 3  # unknown sizes: batch and time of one op; any model input
@@ -213,7 +215,7 @@ def _op_graph(body: Body, node_name: str, fop: rewrite.ForwardOp, converted: gra
     if call is None or call.op != "PartitionedCall":
         raise ValueError(f"the converted graph has no call named {node_name!r}")
     refs = body.data_inputs(call)
-    n_data = 4 if fop.call.has_sequence_lengths else 3
+    n_data = 4 if fop.has_sequence_lengths else 3
     out = graph_pb2.GraphDef()
     feeds = ["x", "h", "c"] + (["lengths"] if n_data == 4 else [])
     dtypes = {"x": fop.dtype, "h": fop.dtype, "c": fop.dtype, "lengths": tf.int32, "params": fop.dtype}
@@ -246,7 +248,7 @@ def _op_graph(body: Body, node_name: str, fop: rewrite.ForwardOp, converted: gra
     view = graph_pb2.GraphDef()
     view.node.extend(out.node)
     view.library.CopyFrom(converted.library)
-    needed = rewrite.reachable_functions(view)
+    needed = reachable_functions(view)
     out.library.function.extend(f for f in converted.library.function if f.signature.name in needed)
     out.versions.CopyFrom(converted.versions)
     return out, feeds
@@ -302,9 +304,9 @@ def run_saved_model(src: Path, converted: saved_model_pb2.SavedModel, seed: int 
         stage = Path(tmp) / "model"
         stage.mkdir()
         for entry in Path(src).iterdir():
-            if entry.name not in (saved_model_io.PB, saved_model_io.PBTXT, saved_model_io.FINGERPRINT):
+            if entry.name not in (saved_model_dir.PB, saved_model_dir.PBTXT, saved_model_dir.FINGERPRINT):
                 os.symlink(entry.resolve(), stage / entry.name)
-        (stage / saved_model_io.PB).write_bytes(converted.SerializeToString(deterministic=True))
+        (stage / saved_model_dir.PB).write_bytes(converted.SerializeToString(deterministic=True))
         tags = list(converted.meta_graphs[0].meta_info_def.tags) or None
         try:
             loaded = tf.saved_model.load(str(stage), tags=tags)

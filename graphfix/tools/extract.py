@@ -30,9 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from graphfix import __version__, gates, layout, model_io
+from graphfix import __version__
+from graphfix.cudnn import gates, layout
 from graphfix.errors import UnsupportedError
-from graphfix.inspect import FoundOp, Survey, inspect_model
+from graphfix.io import graph_def_file
+from graphfix.tools.inspect import FoundOp, Survey, inspect_model
 
 MANIFEST = "__manifest__"
 KERAS_GRU_ORDER = (1, 0, 2)  # Keras z, r, n taken from cuDNN r, z, n
@@ -161,13 +163,13 @@ def extract(src: str | os.PathLike, dst: str | os.PathLike, force: bool = False,
     Written atomically, only when every op could be read. Raises GraphfixError otherwise.
     """
     dst = Path(dst)
-    model_io.check_output_path(dst, force, source=Path(src))
+    graph_def_file.check_output_path(dst, force, source=Path(src))
     result = extract_survey(inspect_model(src, gate_order))
     if not result.ops:
         return result
     buffer = io.BytesIO()
     np.savez(buffer, **result.arrays())
-    model_io.write_bytes_atomic(dst, buffer.getvalue())
+    graph_def_file.write_bytes_atomic(dst, buffer.getvalue())
     result.output = str(dst)
     return result
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphfix.cudnn.layout import Piece, RnnSpec, pieces
 from graphfix.errors import InputError
-from graphfix.layout import Piece, RnnSpec, pieces
 
 CUDNN = "ifco"
 # For each name: the stored position of cuDNN's LSTM gates i, f, c, o.

@@ -1,0 +1,117 @@
+"""The cuDNN helper ops, each replaced by standard ops (one handler per op type, see HELPER_HANDLERS).
+
+    CudnnRNNParamsSize              -> Const [1] (the buffer size the configuration needs)
+    CudnnRNNCanonicalToParams(V2)   -> a call of a flat concat of the pieces
+    CudnnRNNParamsToCanonical(V2)   -> a call of slices of the buffer, weights then biases
+
+Every handler has the signature handler(ctx, body, node, shapes, folder).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from graphfix.cudnn import layout
+from graphfix.cudnn.layout import RnnSpec, pieces
+from graphfix.errors import LayoutError, UnsupportedError
+from graphfix.graph.folding import Folder
+from graphfix.graph.traced import TracedFunction, trace
+from graphfix.rewrite.forward_op import node_attr, node_where
+from graphfix.rewrite.splice import function_name, replace_with_call
+
+
+def _spec_from_size_inputs(body, node, folder: Folder, where: str) -> layout.RnnSpec:
+    """RnnSpec from a helper's constant num_layers/num_units/input_size inputs and attributes."""
+    values = []
+    for label, ref in zip(("num_layers", "num_units", "input_size"), body.data_inputs(node)[:3]):
+        value = folder.fold(ref)
+        if value is None:
+            raise UnsupportedError(f"input {label} is not a constant ({folder.why_not.get(ref)})", where)
+        values.append(int(np.asarray(value).reshape(-1)[0]))
+    layers, units, input_size = values
+    direction = node_attr(node, "direction")
+    try:
+        return layout.RnnSpec(node_attr(node, "rnn_mode"), layers, units, input_size,
+                              2 if direction == "bidirectional" else 1,
+                              layout.resolve_input_mode(node_attr(node, "input_mode"), input_size, units),
+                              int(node_attr(node, "num_proj") or 0))
+    except LayoutError as exc:
+        raise LayoutError(exc.reason, where) from None
+
+
+def _convert_params_size(ctx, body, node, shapes, folder):
+    where = node_where(body, node)
+    spec = _spec_from_size_inputs(body, node, folder, where)
+    dtype = node_attr(node, "S")
+    controls = [i for i in node.input if i.startswith("^")]
+    name = node.name
+    body.rewrite_output_refs(name)
+    node.Clear()
+    node.name = name
+    node.op = "Const"
+    node.input.extend(controls)
+    node.attr["dtype"].type = dtype.as_datatype_enum
+    # The GPU kernel outputs shape [1], not a scalar.
+    node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.array([layout.params_size(spec)], dtype.as_numpy_dtype)))
+    ctx.report.helpers.append(f"CudnnRNNParamsSize {name!r} ({body.where}) -> Const {layout.params_size(spec)}")
+
+
+def _convert_canonical_to_params(ctx, body, node, shapes, folder):
+    op = node.op
+    pieces_in = body.data_inputs(node)[3:]
+    part_shapes = [shapes.input_shape(node.name, 3 + i) for i in range(len(pieces_in))]
+    dtype = node_attr(node, "T")
+    traced = trace_canonical_to_params(
+        [s if s.rank is not None else None for s in part_shapes], dtype,
+        function_name(body, node, (part_shapes, dtype)))
+    ctx.add_function(traced)
+    data = list(node.input[3:3 + len(pieces_in)])
+    controls = [i for i in node.input if i.startswith("^")]
+    body.rewrite_output_refs(node.name)
+    replace_with_call(node, traced, data, controls)
+    ctx.report.helpers.append(f"{op} {node.name!r} ({body.where}) -> in-graph concat")
+
+
+def _convert_params_to_canonical(ctx, body, node, shapes, folder):
+    where = node_where(body, node)
+    op = node.op
+    spec = _spec_from_size_inputs(body, node, folder, where)
+    dtype = node_attr(node, "T")
+    traced = trace_params_to_canonical(
+        spec, dtype, function_name(body, node, (spec, dtype)))
+    expected = len(traced.output_types)
+    declared = (node.attr["num_params"].i * 2 if "num_params" in node.attr
+                else node.attr["num_params_weights"].i + node.attr["num_params_biases"].i)
+    if declared != expected:
+        raise LayoutError(f"the op declares {declared} canonical tensors, but {layout.describe(spec)} has "
+                          f"{expected}", where)
+    ctx.add_function(traced)
+    controls = [i for i in node.input if i.startswith("^")]
+    body.rewrite_output_refs(node.name)
+    replace_with_call(node, traced, [node.input[3]], controls)
+    ctx.report.helpers.append(f"{op} {node.name!r} ({body.where}) -> in-graph slices")
+
+
+HELPER_HANDLERS = {
+    "CudnnRNNParamsSize": _convert_params_size,
+    "CudnnRNNCanonicalToParams": _convert_canonical_to_params,
+    "CudnnRNNCanonicalToParamsV2": _convert_canonical_to_params,
+    "CudnnRNNParamsToCanonical": _convert_params_to_canonical,
+    "CudnnRNNParamsToCanonicalV2": _convert_params_to_canonical,
+}
+
+
+def trace_params_to_canonical(spec: RnnSpec, dtype: tf.DType, name: str) -> TracedFunction:
+    """Trace CudnnRNNParamsToCanonical(V2): params [N] -> weights..., biases... (buffer order)."""
+    signature = [tf.TensorSpec([None], dtype, "params")]
+    ordered = [p for p in pieces(spec) if p.kind in ("W", "R", "P")] + \
+              [p for p in pieces(spec) if p.kind in ("bW", "bR")]
+    return trace(lambda params: [tf.reshape(tf.slice(params, [p.offset], [p.size]), p.shape)
+                                  for p in ordered], signature, name)
+
+
+def trace_canonical_to_params(shapes: list, dtype: tf.DType, name: str) -> TracedFunction:
+    """Trace CudnnRNNCanonicalToParams(V2): weights..., biases... -> params [N] (flat concat)."""
+    signature = [tf.TensorSpec(s, dtype, f"piece{i}") for i, s in enumerate(shapes)]
+    return trace(lambda *parts: tf.concat([tf.reshape(p, [-1]) for p in parts], axis=0), signature, name)

@@ -1,0 +1,76 @@
+"""Replace one CudnnRNN/V2/V3 node by a call of the function its target emits::
+
+    before:  x, h, c, params --> [CudnnRNNV3 "rnn"] --> rnn:0, rnn:1, rnn:2
+    after:   x, h, c, rnn/graphfix/layer0_fw_kernel (Const), ...
+                     --> [PartitionedCall "rnn" f=graphfix_rnn_<digest>] --> rnn:0, rnn:1, rnn:2
+
+Constant params are folded into one Const per weight slot; params known only at run time
+are sliced by a second call (`{node}/graphfix/unpack_params`) that the target also emits.
+"""
+
+from __future__ import annotations
+
+from graphfix.cudnn import gates, weights
+from graphfix.errors import UnsupportedError
+from graphfix.graph.bodies import Body, TensorRef
+from graphfix.graph.folding import Folder
+from graphfix.report import ConvertedOp
+from graphfix.rewrite.context import Context
+from graphfix.rewrite.forward_op import Shapes, node_where, read_forward_op
+from graphfix.rewrite.splice import (
+    add_call,
+    add_weight_consts,
+    function_name,
+    replace_with_call,
+)
+
+TRAINING_OUTPUTS = {3: "reserve_space", 4: "host_reserved"}
+
+
+def convert_forward(ctx: Context, body: Body, node, shapes: Shapes, folder: Folder) -> TensorRef | None:
+    """Replace one CudnnRNN/V2/V3 node, as ctx.target emits it. Returns the params ref when it was folded."""
+    _refuse_training_consumers(body, node, node_where(body, node))
+    fop = read_forward_op(body, node, shapes, folder, ctx.gate_order)
+    ctx.report.warnings += fop.warnings
+    spec, dtype, target = fop.spec, fop.dtype, ctx.target
+    plan = target.plan(body, node, fop, ctx.report)
+    fname = function_name(body, node, plan)
+    traced = ctx.function(("rnn", target.share_key(plan, fname)), lambda: target.trace_rnn(plan, fname))
+
+    if fop.params is not None:
+        values = weights.graph_weights_from_buffer(fop.params, spec, fop.gate_order)
+        weight_refs = add_weight_consts(body, node.name, values, spec, folder.control_inputs(fop.params_ref))
+        params_note = "folded to constants"
+    else:
+        unpack = ctx.function(("unpack", spec, dtype, fop.gate_order),
+                              lambda: target.trace_params_unpack(spec, dtype, fname + "_unpack_params",
+                                                                     fop.gate_order))
+        unpack_name = f"{node.name}/graphfix/unpack_params"
+        add_call(body, unpack_name, unpack, [node.input[3]], [])
+        weight_refs = [body.format_ref(unpack_name, i) for i in range(len(unpack.output_types))]
+        params_note = f"sliced in-graph ({fop.params_why_not})"
+
+    data = list(node.input[:3])
+    if fop.has_sequence_lengths:
+        data.append(node.input[4])
+    controls = [i for i in node.input if i.startswith("^")]
+    body.rewrite_output_refs(node.name)
+    replace_with_call(node, traced, data + weight_refs, controls)
+
+    ctx.report.ops.append(ConvertedOp(
+        where=body.where, node=node.name, op=fop.op, mode=spec.mode, num_layers=spec.num_layers,
+        bidirectional=spec.num_dirs == 2, input_size=spec.input_size, num_units=spec.num_units,
+        num_proj=spec.num_proj, input_mode=spec.input_mode, dtype=dtype.name, time_major=fop.time_major,
+        sequence_lengths=fop.sequence_lengths, params=params_note,
+        gate_order=fop.gate_order if gates.applies(spec, fop.gate_order) else gates.CUDNN))
+    return fop.params_ref if fop.params is not None else None
+
+
+def _refuse_training_consumers(body: Body, node, where: str) -> None:
+    users = [f"{n.name!r} ({n.op})" for n, _, ref in body.consumers(node.name) if ref.index in TRAINING_OUTPUTS]
+    users += [f"function output {key!r}" for key, ref in body.output_refs()
+              if ref is not None and ref.node == node.name and ref.index in TRAINING_OUTPUTS]
+    if users:
+        raise UnsupportedError(
+            "this is a training graph: the reserve_space/host_reserved outputs, which only cuDNN's "
+            f"backward pass can use, are consumed by {', '.join(users)}", where)

@@ -1,0 +1,21 @@
+"""`--target tflite`: a fixed-batch SavedModel that converts with TFLITE_BUILTINS alone, and its .tflite.
+
+    plan.py         per op: fused LSTM or static While loop (TfliteTarget)
+    fused_lstm.py   the composite LSTM function TFLite's converter fuses
+    saved_model.py  the pipeline: rewrite, re-save with a fixed batch, convert (convert_for_tflite)
+
+    from graphfix.targets import tflite
+    report = tflite.convert_for_tflite("model_dir", "model_tflite", batch_size=1, tflite_file="m.tflite")
+"""
+
+from graphfix.targets.tflite.plan import CELL_CLIP, TfliteTarget
+from graphfix.targets.tflite.saved_model import (
+           choose_batch,
+           convert_for_tflite,
+           signature_batch,
+           tflite_ops,
+           to_tflite,
+)
+
+__all__ = ["CELL_CLIP", "TfliteTarget", "choose_batch", "convert_for_tflite", "signature_batch", "tflite_ops",
+           "to_tflite"]
