@@ -4,7 +4,7 @@ Usage (from the repo root):
     .venv/bin/python scripts/bench_tflite.py [--quick] [--rounds N]
 
 Per case (LSTM and GRU, one layer, return_sequences=True; batch x steps, features -> units),
-one Keras 3 model exported on its cuDNN path (patched on, as tests/saved_models.py does),
+one Keras 3 model exported on its cuDNN path (patched on, as tests/builders/saved_models.py does),
 then, all with the same weights, in this process:
 
     tflite        graphfix --target tflite -> .tflite (builtins only) in LiteRT (ai-edge-litert),

@@ -78,8 +78,8 @@ from tensorflow.core.framework import types_pb2
 
 from graphfix import cli
 from graphfix.cudnn import layout
-from raw_graphs import build
-from saved_models import save_tf1_cudnn
+from builders.raw_graphs import build
+from builders.saved_models import save_tf1_cudnn
 
 REPO = Path(__file__).resolve().parent.parent
 PROC_OUTPUT = "/proc/graphfix_bad_inputs.pb"

@@ -28,7 +28,7 @@ from google.protobuf import text_format
 
 from graphfix.cudnn import layout, reference
 from graphfix.graph.bodies import find_cudnn_nodes
-from raw_graphs import build, run_graph_def, training_graph_def
+from builders.raw_graphs import build, run_graph_def, training_graph_def
 
 REPO = Path(__file__).resolve().parent.parent
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
@@ -314,7 +314,7 @@ def test_refusals_cover_every_documented_failure_code():
     documented = {int(line.split()[0]) for line in EPILOG.split("exit codes:")[1].split("\n\n")[0].splitlines()
                   if line.strip()[:1].isdigit()}
     # 1 is a bug, not a refusal: no input should produce it. 6 (--verify found a difference)
-    # needs a deliberately broken conversion: tests/test_verify.py covers it through the CLI.
+    # needs a deliberately broken conversion: tests/tools/test_verify.py covers it through the CLI.
     assert {run.exit_code for run in RUNS.values()} == documented - {1, 6}
 
 

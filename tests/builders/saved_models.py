@@ -34,11 +34,11 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-import keras_graphs
+from builders import keras_graphs
 from graphfix.cudnn import layout, reference
 from graphfix.graph.bodies import find_cudnn_nodes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ATOL = 1e-5  # float32, absolute
 
 

@@ -16,7 +16,7 @@ import graphfix
 from graphfix.cudnn import layout, reference
 from graphfix.errors import LayoutError, UnsupportedError
 from graphfix.graph.bodies import find_cudnn_nodes
-from raw_graphs import build, run_graph_def, training_graph_def
+from builders.raw_graphs import build, run_graph_def, training_graph_def
 
 TOLERANCE = {np.float16: 1e-2, np.float32: 1e-5, np.float64: 1e-10}
 LARGEST_ERROR: dict = {}  # dtype -> largest error seen, printed at the end with -s

@@ -1,6 +1,6 @@
 """`graphfix inspect`: every cuDNN op listed with its place, configuration, params source and reachability.
 
-In-process on raw-op graphs (tests/raw_graphs.py) whose configuration is known; end to end
+In-process on raw-op graphs (tests/builders/raw_graphs.py) whose configuration is known; end to end
 through the CLI on a Keras 3 SavedModel exported on its cuDNN path and on a GraphDef file:
 
     x --> [CudnnRNNV3 "rnn"] --> out0..2          GraphDef: top level, reachable
@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from graphfix.cudnn import layout
 from graphfix.tools.inspect import inspect_model, survey_graph_def
-from raw_graphs import build
-from tool_models import run_cli, save_keras3_lstm_gru
+from builders.raw_graphs import build
+from builders.tool_models import run_cli, save_keras3_lstm_gru
 
 
 def _one(graph_def, **kwargs):

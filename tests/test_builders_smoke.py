@@ -1,4 +1,4 @@
-"""Smoke tests for tests/keras_graphs.py: the fixtures are what they claim to be.
+"""Smoke tests for tests/builders/keras_graphs.py: the fixtures are what they claim to be.
 
 Each case must hold a CudnnRNNV3 node that really fails on CPU, its params input must be
 computable on CPU, and `expected` must be what the same computation frozen through Keras's
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras_graphs as kg
+from builders import keras_graphs as kg
 
 GATES = {"lstm": 4, "gru": 3}
 

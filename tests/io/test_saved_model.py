@@ -11,7 +11,7 @@ subprocess for a few, with graphfix.convert in-process for the rest), then check
   copied byte for byte;
 * the input directory is unchanged (every file hashed before and after).
 
-Model builders and oracles: tests/saved_models.py.
+Model builders and oracles: tests/builders/saved_models.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import tensorflow as tf
 
 import graphfix
 from graphfix.cudnn import layout
-from saved_models import (ATOL, REPO, SavedCase, call_signature, cli_env, cudnn_ops, dir_digest, hidden_leftovers,
+from builders.saved_models import (ATOL, REPO, SavedCase, call_signature, cli_env, cudnn_ops, dir_digest, hidden_leftovers,
                           masked_input, max_errors, read_proto, run_cli, save_keras3, save_tf1_cudnn,
                           save_tf_keras_cudnn, uniform)
 

@@ -20,7 +20,7 @@ from graphfix.graph import detached
 from graphfix.io import graph_def_file, stream_write, wire
 from graphfix.errors import InputError, OutputError
 from graphfix.graph.bodies import find_cudnn_nodes
-from raw_graphs import build, run_graph_def
+from builders.raw_graphs import build, run_graph_def
 
 SPEC = layout.RnnSpec("lstm", 2, 6, 5, 2)
 PROJECTED = layout.RnnSpec("lstm", 1, 8, 4, 1, num_proj=3)

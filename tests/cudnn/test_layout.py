@@ -410,7 +410,7 @@ def test_numpy_core_imports_without_tensorflow():
     code = ("import sys; sys.modules['tensorflow'] = None; "
             "import graphfix.cudnn.layout, graphfix.cudnn.gates, graphfix.cudnn.weights, graphfix.cudnn.reference; "
             "assert 'tensorflow' not in [m for m in sys.modules if sys.modules[m] is not None]")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
                           timeout=60)

@@ -31,7 +31,7 @@ from tensorflow.core.framework import graph_pb2
 import graphfix
 from graphfix.cudnn import layout, reference
 from graphfix.graph.bodies import find_cudnn_nodes
-from raw_graphs import build, run_graph_def
+from builders.raw_graphs import build, run_graph_def
 
 ATOL = {np.float16: 1e-2, np.float32: 1e-5, np.float64: 1e-10}
 

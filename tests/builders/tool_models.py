@@ -21,7 +21,7 @@ import numpy as np
 
 from graphfix.cudnn import layout
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KERAS3_SHAPE = (5, 3)  # time, features
 
 
@@ -37,7 +37,7 @@ def keras3_lstm_gru():
 
 def save_keras3_lstm_gru(path: Path, seed: int = 0) -> list[np.ndarray]:
     """Export the model with random weights through Keras's cuDNN path; return the weights."""
-    import keras_graphs
+    from builders import keras_graphs
 
     rng = np.random.default_rng(seed)
     model = keras3_lstm_gru()

@@ -34,7 +34,7 @@ from graphfix.cudnn import layout, reference
 from graphfix.errors import GraphfixError
 from graphfix.graph.folding import PURE_OPS
 from graphfix.graph.bodies import find_cudnn_nodes
-from raw_graphs import build, run_graph_def
+from builders.raw_graphs import build, run_graph_def
 
 SPEC = layout.RnnSpec("gru", 1, 3, 2, 2)
 N = layout.params_size(SPEC)

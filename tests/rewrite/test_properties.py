@@ -7,7 +7,7 @@ Three levels, cheapest first, so CI runs well over 200 examples in a few minutes
 - emit, eager: the standard-op forward pass (`cpu.rnn_forward`, the same code that is
   traced into the converted graph) run eagerly on weights sliced from the buffer, compared
   with `reference.forward` (about 0.2 s an example);
-- conversion: a TF1 graph around tf.raw_ops.CudnnRNN/V2/V3 (tests/raw_graphs.py) converted
+- conversion: a TF1 graph around tf.raw_ops.CudnnRNN/V2/V3 (tests/builders/raw_graphs.py) converted
   with graphfix.convert_graph_def and run on CPU (about 1.5 s an example: tracing the While
   loops and instantiating them in a session dominate), with fewer examples.
 
@@ -32,7 +32,7 @@ from graphfix.cudnn import layout, reference, weights
 from graphfix.targets import cpu
 from graphfix.errors import LayoutError
 from graphfix.graph.bodies import find_cudnn_nodes
-from raw_graphs import build, run_graph_def
+from builders.raw_graphs import build, run_graph_def
 
 SCALE = float(os.environ.get("GRAPHFIX_PROPERTY_SCALE", "1"))
 LAYOUT_EXAMPLES = int(500 * SCALE)

@@ -770,7 +770,7 @@ def build_all(seed: int = 0) -> list[FrozenCase]:
     return [build(seed) for build in BUILDERS.values()]
 
 
-if __name__ == "__main__":  # a report of where the Cudnn nodes live: python tests/keras_graphs.py
+if __name__ == "__main__":  # a report of where the Cudnn nodes live: python tests/builders/keras_graphs.py
     for case in build_all():
         print(f"{case.name}: feeds {list(case.feeds)} fetches {case.fetches}")
         for node in case.cudnn:

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from graphfix.targets import tflite
 from graphfix.errors import UnsupportedError
-from saved_models import call_signature, keras3_gpu_path, masked_input, max_errors, run_cli, save_keras3, uniform
+from builders.saved_models import call_signature, keras3_gpu_path, masked_input, max_errors, run_cli, save_keras3, uniform
 
 pytestmark = pytest.mark.slow
 litert = pytest.importorskip("ai_edge_litert.interpreter", reason="ai-edge-litert (test extra) not installed")
@@ -182,7 +182,7 @@ def test_no_cell_clip_warning_within_ten_steps(tmp_path):
 @pytest.mark.parametrize("mode, fused", [("rnn_tanh", 0), ("gru", 0), ("lstm", 0)])
 def test_tf1_bidirectional_two_layers(mode, fused, tmp_path):
     from graphfix.cudnn import layout
-    from saved_models import save_tf1_cudnn
+    from builders.saved_models import save_tf1_cudnn
 
     spec = layout.RnnSpec(mode, 2, 4, 3, 2, "linear_input", 0)
     case = save_tf1_cudnn(mode, tmp_path / "model", op="CudnnRNNV2", spec=spec, time=5, batch=2, seed=3,

@@ -1,6 +1,6 @@
 """Frozen GraphDefs made by Keras's own cuDNN code paths, converted and checked against Keras.
 
-Each case (tests/keras_graphs.py) freezes a tf_keras CuDNNLSTM/CuDNNGRU or Keras 3
+Each case (tests/builders/keras_graphs.py) freezes a tf_keras CuDNNLSTM/CuDNNGRU or Keras 3
 LSTM/GRU model traced on its cuDNN path. The converted graph must run on CPU and match:
   * Keras's CPU layers holding the same weights (`expected`) at every valid step, and
   * what cuDNN computes (`cudnn_expected`: zeros at padded steps) at every step.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import graphfix
-import keras_graphs
+from builders import keras_graphs
 from graphfix.graph.bodies import find_cudnn_nodes
 
 

@@ -22,8 +22,8 @@ from graphfix.cudnn import layout
 from graphfix.errors import UnsupportedError
 from graphfix.tools.extract import MANIFEST, extract_survey, keras_weights
 from graphfix.tools.inspect import Survey, Part, survey_graph_def
-from raw_graphs import build, run_graph_def
-from tool_models import KERAS3_SHAPE, keras3_lstm_gru, run_cli, save_keras3_lstm_gru, to_ifoc
+from builders.raw_graphs import build, run_graph_def
+from builders.tool_models import KERAS3_SHAPE, keras3_lstm_gru, run_cli, save_keras3_lstm_gru, to_ifoc
 
 
 def _extract(graph_def, gate_order="ifco"):
@@ -197,7 +197,7 @@ def test_cli_extract_refuses_existing_output(saved):
 def test_readme_example_rebuilds_the_bundled_model(tmp_path, monkeypatch):
     """The README's extract example, run as written, matches the converted example's GRU state."""
     from graphfix.tools.extract import extract
-    from tool_models import REPO
+    from builders.tool_models import REPO
 
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- extract-example -->\n```python\n", 1)[1].split("```", 1)[0]

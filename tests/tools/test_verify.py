@@ -18,9 +18,9 @@ import tensorflow as tf
 import graphfix
 from graphfix.cudnn import gates, layout, reference
 from graphfix.tools import verify
-from raw_graphs import build, run_graph_def
+from builders.raw_graphs import build, run_graph_def
 from test_inspect import _function_graph
-from tool_models import REPO, run_cli, save_keras3_lstm_gru, to_ifoc
+from builders.tool_models import REPO, run_cli, save_keras3_lstm_gru, to_ifoc
 
 EXAMPLE = REPO / "examples" / "cudnn_lstm_gru.pb"
 
