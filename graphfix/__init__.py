@@ -5,11 +5,13 @@
     new_graph_def, report = graphfix.convert_graph_def(graph_def)
 """
 
-__version__ = "0.1.0"
+from graphfix.version import __version__
+
+__all__ = ["__version__", "convert", "convert_graph_def"]
 
 
 def __getattr__(name):
-    # Lazy: `graphfix.layout` and `graphfix.reference` must import without TensorFlow.
+    # Lazy: the numpy core (`graphfix.cudnn`) must import without TensorFlow.
     if name in ("convert", "convert_graph_def"):
         from graphfix import api
         return getattr(api, name)

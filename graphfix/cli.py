@@ -20,6 +20,8 @@ import os
 import sys
 import traceback
 
+from graphfix.quiet_import import import_tensorflow_quietly
+
 EPILOG = """\
 exit codes:
   0  converted; or no cuDNN op runs in the model (none at all, or only in functions nothing
@@ -118,13 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         command = "convert"
     parser = {"convert": build_parser, "inspect": build_inspect_parser, "extract": build_extract_parser}[command]()
     args = parser.parse_args(argv)
+    _setup_logging(args.debug, args.quiet)
     if not args.debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # Progress ("converting ...") goes to stderr as INFO; --quiet keeps only warnings.
-    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="graphfix: %(message)s")
-    if not args.debug:  # TensorFlow's own INFO lines (fingerprints, loading) are noise here
-        logging.getLogger("tensorflow").setLevel(logging.WARNING)
+        import_tensorflow_quietly()
     from graphfix.errors import (
         GraphfixError,  # after the env var: graphfix imports TensorFlow
     )
@@ -150,6 +149,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"graphfix: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    """graphfix's own progress ("converting ...") on stderr as INFO; --quiet keeps only warnings.
+
+    The handler sits on the "graphfix" logger, not the root: TensorFlow's Python logger
+    (fingerprints, loading) keeps its own format and, without --debug, only its errors.
+    """
+    log = logging.getLogger("graphfix")
+    if not any(getattr(h, "graphfix_cli", False) for h in log.handlers):  # main() may run twice in-process
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("graphfix: %(message)s"))
+        handler.graphfix_cli = True
+        log.addHandler(handler)
+    log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+    logging.getLogger("tensorflow").setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
 def _convert(args) -> int:

@@ -9,6 +9,9 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from graphfix.quiet_import import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()  # a user of the demo sees graphfix's lines, not TensorFlow's start-up
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

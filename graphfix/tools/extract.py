@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from graphfix import __version__
 from graphfix.cudnn import gates, layout
 from graphfix.errors import UnsupportedError
 from graphfix.io import graph_def_file
 from graphfix.tools.inspect import FoundOp, Survey, inspect_model
+from graphfix.version import __version__
 
 MANIFEST = "__manifest__"
 KERAS_GRU_ORDER = (1, 0, 2)  # Keras z, r, n taken from cuDNN r, z, n
