@@ -53,7 +53,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force:
         return _convert_saved_model(src, dst, force, gate_order, verify)
     dst = Path(dst) if dst is not None else default_output_path(src)
     graph_def_file.check_output_path(dst, force, source=src)
-    # Large Const values live outside the proto while converting (graphfix.detached): a
+    # Large Const values live outside the proto while converting (graphfix.graph.detached): a
     # gigabyte params buffer then exists once or twice in memory, not five to seven times.
     graph_def, consts = graph_def_file.read_graph_def_detached(src)
     try:

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "numpy reference of cuDNN, and the whole model once; exit 6 if it fails")
     parser.add_argument("--target", choices=("cpu", "tflite"), default="cpu",
                         help="tflite: a SavedModel (default MODEL_DIR_tflite/) with a fixed batch that the TFLite "
-                             "converter converts with builtin ops only, LSTMs fused (see README 'TFLite')")
+                             "converter converts with builtin ops only, LSTMs fused (see docs/tflite.md)")
     parser.add_argument("--batch-size", type=int, help="--target tflite: the fixed batch size (needed when the "
                                                        "model's signatures leave the batch open)")
     parser.add_argument("--tflite", metavar="FILE", help="--target tflite: also write the .tflite model")

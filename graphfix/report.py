@@ -23,7 +23,7 @@ class ConvertedOp:
     time_major: bool
     sequence_lengths: str  # "none" | "constant" | "run time"
     params: str            # "folded to constants" | "sliced in-graph (not constant: ...)"
-    gate_order: str = "ifco"  # how the params buffer ordered LSTM gates (graphfix.gates)
+    gate_order: str = "ifco"  # how the params buffer ordered LSTM gates (graphfix.cudnn.gates)
 
     def summary(self) -> str:
         direction = "bidirectional" if self.bidirectional else "unidirectional"
@@ -48,7 +48,7 @@ class Report:
     left_unchanged: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     removed_nodes: int = 0
     cleared_devices: int = 0
-    verification: object = None  # graphfix.verify.Verification, when --verify ran
+    verification: object = None  # graphfix.tools.verify.Verification, when --verify ran
 
     @property
     def changed(self) -> bool:

@@ -145,7 +145,7 @@ def count_ops(saved_model_dir: Path, prefix: str = "Cudnn") -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# cuDNN params buffer from Keras weights (independent of graphfix.layout)
+# cuDNN params buffer from Keras weights (independent of graphfix.cudnn.layout)
 
 _GATES = {"lstm": 4, "gru": 3}
 # Keras gate blocks in cuDNN order: LSTM both i,f,c,o; Keras GRU is z,r,n and cuDNN r,z,n.

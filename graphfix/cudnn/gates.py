@@ -5,7 +5,7 @@ Pure numpy; importable without TensorFlow.
 cuDNN's LSTM gate order is i, f, c, o. ROCm builds of Keras hand MIOpen a buffer with the
 LSTM gates in the order i, f, o, c (keras ``backend/tensorflow/rnn.py`` ``_cudnn_lstm`` and
 tf_keras ``layers/rnn/lstm.py`` ``gpu_lstm``, both under ``is_rocm_build``), for the weights
-and for both bias halves. The buffer is otherwise laid out as cuDNN's (`graphfix.layout`):
+and for both bias halves. The buffer is otherwise laid out as cuDNN's (`graphfix.cudnn.layout`):
 the same pieces, sizes and offsets, only the gates of each (kind, layer, direction) group
 permuted. So reading a piece in cuDNN order means reading the piece of the stored gate::
 

@@ -94,7 +94,7 @@ def graph_weights(read, spec: RnnSpec, ops=NumpyOps, gate_order: str = gates.CUD
     """Build every weight slot's value.
 
     read(offset, size) -> the 1-D run buf[offset:offset + size] (numpy or TensorFlow).
-    gate_order: how the buffer orders LSTM gates (`graphfix.gates`); each gate is read from
+    gate_order: how the buffer orders LSTM gates (`graphfix.cudnn.gates`); each gate is read from
     where that order stores it, so a non-cuDNN buffer is never permuted as a whole.
     """
     stored = gates.stored_pieces(spec, gate_order)

@@ -46,7 +46,7 @@ class Body:
 
     where: str
     nodes: list
-    consts = None  # a slim graph's detached Const values (graphfix.detached.ConstStore); GraphBody only
+    consts = None  # a slim graph's detached Const values (graphfix.graph.detached.ConstStore); GraphBody only
 
     _index: dict | None = None
     _index_size: int = -1

@@ -5,7 +5,7 @@ a gigabyte. Inside a protobuf message each copy of such a node costs its full si
 its memory is not given back while the message lives. So `graphfix.convert` on a GraphDef
 file detaches every large Const value right after parsing: the graph it converts is slim
 (those Consts keep their dtype and shape, not their content), and the values go back in
-node by node as the output is written (`model_io.write_graph_def`)::
+node by node as the output is written (`graph_def_file.write_graph_def`)::
 
     slim GraphDef:  Const "params"  {dtype: float32, shape: [N]}      (no content)
     ConstStore:     {"params": ndarray float32 [N]}

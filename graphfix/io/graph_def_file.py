@@ -62,9 +62,9 @@ def _require_nodes(graph_def: graph_pb2.GraphDef, path: Path) -> None:
 
 
 def read_graph_def_detached(path: str | os.PathLike) -> tuple[graph_pb2.GraphDef, ConstStore]:
-    """Read a GraphDef with its large Const values detached (`graphfix.detached`): (slim graph, values).
+    """Read a GraphDef with its large Const values detached (`graphfix.graph.detached`): (slim graph, values).
 
-    Binary files are read in one pass (`graphfix.stream_read`), so a large value is in
+    Binary files are read in one pass (`graphfix.io.stream_read`), so a large value is in
     memory once. Text files, and binary ones that reader refuses, are parsed whole by
     protobuf (which then also gives the error message for a malformed file).
     """
@@ -138,7 +138,7 @@ def current_umask() -> int:
 def write_graph_def(graph_def: graph_pb2.GraphDef, path: Path, consts: ConstStore | None = None) -> None:
     """Write a GraphDef atomically, binary or text by the path's suffix.
 
-    consts: values detached from `graph_def` (`graphfix.detached`). A binary file is then
+    consts: values detached from `graph_def` (`graphfix.graph.detached`). A binary file is then
     written node by node, each value put back only while its node is written, so memory
     never holds the whole serialized model; the bytes are those of the complete proto's
     deterministic serialization.

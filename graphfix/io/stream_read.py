@@ -2,7 +2,7 @@
 
 Parsing the file whole holds it twice (the bytes and the parsed message), and detaching
 afterwards copies each large value once more. Here the file's top-level fields are walked
-(`graphfix.wire`): runs of small fields are parsed in batches, and a large node is taken
+(`graphfix.io.wire`): runs of small fields are parsed in batches, and a large node is taken
 apart so that its `tensor_content` is read from the file directly into an array::
 
     GraphDef.node[k] (NodeDef)        name, op, input, ... attr["value"]

@@ -1,6 +1,6 @@
 """Write a slim GraphDef and its detached values as one binary GraphDef, node by node.
 
-The inverse of `graphfix.stream_read`. The output is byte for byte what
+The inverse of `graphfix.io.stream_read`. The output is byte for byte what
 `consts.attach(graph_def).SerializeToString(deterministic=True)` gives, without ever
 holding it: protobuf writes known fields in field-number order and `node` is GraphDef's
 field 1, so the nodes can go out one at a time and the other fields after them.

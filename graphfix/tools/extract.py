@@ -14,7 +14,7 @@ direction fw/bw), under ``{op}/layer{l}/{fw|bw}/``::
 Keras's Bidirectional with merge_mode="concat" gives). A skip_input layer 0 has no input
 weights in cuDNN (the input enters every gate as itself); its kernel is written as
 identity blocks, which computes the same. Params are read in the model's gate order
-(`graphfix.gates`), so the output is always in Keras's order.
+(`graphfix.cudnn.gates`), so the output is always in Keras's order.
 
 ``__manifest__`` holds a JSON string describing every op (configuration, keys, notes):
 ``json.loads(str(np.load(path)["__manifest__"]))``.

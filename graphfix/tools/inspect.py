@@ -11,7 +11,7 @@ gradient ops (`CudnnRNNParamsSize`, `CudnnRNNBackprop*`, ...) are listed with th
 
 An op whose configuration cannot be read is listed with the reason (`problem`), the one
 conversion would refuse it with; inspection itself only fails on an unreadable model.
-`graphfix.extract` and `graphfix.verify` start from the same survey.
+`graphfix.tools.extract` and `graphfix.tools.verify` start from the same survey.
 """
 
 from __future__ import annotations
