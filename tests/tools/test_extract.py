@@ -195,17 +195,18 @@ def test_cli_extract_refuses_existing_output(saved):
 
 
 def test_readme_example_rebuilds_the_bundled_model(tmp_path, monkeypatch):
-    """The README's extract example, run as written, matches the converted example's GRU state."""
+    """The extract example in docs/tools.md (linked from the README), run as written, matches
+    the converted example's GRU state."""
     from graphfix.tools.extract import extract
     from builders.tool_models import REPO
 
-    readme = (REPO / "README.md").read_text()
-    block = readme.split("<!-- extract-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    doc = (REPO / "docs" / "tools.md").read_text()
+    block = doc.split("<!-- extract-example -->\n```python\n", 1)[1].split("```", 1)[0]
     example = REPO / "examples" / "cudnn_lstm_gru.pb"
     extract(example, tmp_path / "weights.npz")
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(block, namespace)  # noqa: S102 (our own README)
+    exec(block, namespace)  # noqa: S102 (our own docs)
     graph_def = tf.compat.v1.GraphDef.FromString(example.read_bytes())
     converted, _ = graphfix.convert_graph_def(graph_def)
     x = np.random.default_rng(2).standard_normal((3, 12, 8)).astype(np.float32)
