@@ -1,6 +1,6 @@
 """Values a tensor of a model has before it runs: constants, and a SavedModel's saved variables.
 
-`resolve.Folder` folds what the graph holds as constants and stops at a variable read,
+`folding.Folder` folds what the graph holds as constants and stops at a variable read,
 which is what conversion needs (a SavedModel keeps its variables). Inspection, extraction
 and verification need the params values themselves, so `ValueFinder` goes further:
 
@@ -16,7 +16,7 @@ and verification need the params values themselves, so `ValueFinder` goes furthe
 
 The SavedObjectGraph and the checkpoint's object graph number their nodes alike (the
 loader, tensorflow ``python/saved_model/load.py``, restores by those ids). Only the pure ops
-of `resolve.PURE_OPS` are ever run, in a private CPU session.
+of `folding.PURE_OPS` are ever run, in a private CPU session.
 """
 
 from __future__ import annotations

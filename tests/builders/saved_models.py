@@ -12,7 +12,7 @@ How each kind is made on a machine without a GPU::
     tf_keras LSTM / GRU             model.save(save_format="tf") -> the CPU variant is called;
                                     an uncalled GPU variant (and its gradient) holds CudnnRNN*V3
     TF1 graph                       tf.raw_ops.CudnnRNN / CudnnRNNV2 on an opaque params variable,
-                                    SavedModelBuilder; oracle: graphfix.reference.forward
+                                    SavedModelBuilder; oracle: graphfix.cudnn.reference.forward
 
 Padded steps (Keras 3, Masking, forward return_sequences): cuDNN writes zeros at steps
 t >= length (TensorFlow ``core/kernels/cudnn_rnn_ops.cc``, padding fill 0) where Keras's CPU
@@ -284,7 +284,7 @@ def save_tf1_cudnn(name: str, path: Path, *, op: str, spec: layout.RnnSpec, time
     Saved with SavedModelBuilder (tags "serve", signature "serving_default": x, h, c ->
     y, h_n, c_n). The Session places only the subgraphs it runs (place_pruned_graph), so the
     initializer and the saver run on CPU although the Cudnn op has no CPU kernel.
-    Oracle: graphfix.reference.forward on layout.unpack(variable value).
+    Oracle: graphfix.cudnn.reference.forward on layout.unpack(variable value).
     """
     rng = np.random.default_rng(seed)
     n_state = spec.num_layers * spec.num_dirs

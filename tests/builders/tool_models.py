@@ -6,7 +6,7 @@
                                  Returns the weights it was given, so a test can rebuild it.
     to_ifoc(buf, spec)           a cuDNN-ordered LSTM buffer rewritten as ROCm Keras exports it
                                  (gates i, f, o, c), built by unpack -> permute -> pack, not by
-                                 graphfix.gates.
+                                 graphfix.cudnn.gates.
     run_cli(args, cwd)           `python -m graphfix ...` in a subprocess.
 """
 

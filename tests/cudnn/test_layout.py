@@ -1,4 +1,4 @@
-"""Tests for graphfix.layout: the cuDNN params buffer (pieces, sizes, unpack/pack, solving I).
+"""Tests for graphfix.cudnn.layout: the cuDNN params buffer (pieces, sizes, unpack/pack, solving I).
 
 Every buffer here is filled with distinct values (np.arange), so a permuted, shifted or
 overlapping piece changes what the test sees; a constant fill could not.

@@ -1,4 +1,4 @@
-"""Tests for graphfix.reference: the numpy cuDNN forward pass against oracles we did not write.
+"""Tests for graphfix.cudnn.reference: the numpy cuDNN forward pass against oracles we did not write.
 
 The main oracle is tf_keras's CPU LSTM / GRU(reset_after=True) / SimpleRNN. Each test draws
 random weights in Keras's format, loads them into the Keras layer, converts the same numbers

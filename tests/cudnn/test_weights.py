@@ -1,4 +1,4 @@
-"""Tests for graphfix.weights: cuDNN buffer pieces -> the CPU function's weight slots.
+"""Tests for graphfix.cudnn.weights: cuDNN buffer pieces -> the CPU function's weight slots.
 
 Buffers are np.arange, so every value names its own index. For a 1-layer LSTM, H 2, I 3
 (G 4; gates i, f, c, o), the buffer and the slots it gives::

@@ -1,4 +1,4 @@
-"""Large Consts detached from the proto while a GraphDef file converts (graphfix.detached).
+"""Large Consts detached from the proto while a GraphDef file converts (graphfix.graph.detached).
 
 `graphfix.convert` on a file converts a slim graph and writes the output node by node; the
 in-memory API converts the complete proto. Both must give the same bytes, and the detached
@@ -116,7 +116,7 @@ def test_input_file_is_unchanged(tmp_path, small_threshold):
     assert src.read_bytes() == before
 
 
-# --- the one-pass reader (graphfix.stream_read) ------------------------------------------
+# --- the one-pass reader (graphfix.io.stream_read) ------------------------------------------
 
 def _both_readers(path):
     """(slim, store) from the one-pass reader and from a whole parse + detach."""
@@ -219,7 +219,7 @@ def test_inspect_and_extract_on_a_slim_read_match_a_whole_one(tmp_path, monkeypa
         np.testing.assert_array_equal(slim_arrays[key], value)
 
 
-# --- the node-by-node writer (graphfix.stream_write) --------------------------------------
+# --- the node-by-node writer (graphfix.io.stream_write) --------------------------------------
 
 @pytest.mark.parametrize("extras", ["none", "attrs_around", "debug_info", "version_and_float_val"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, "bfloat16"])

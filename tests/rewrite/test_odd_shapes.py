@@ -1,15 +1,15 @@
 """Edge shapes: empty batch, zero time steps, zero and oversized sequence lengths, size-1
 layers, 10,000-step sequences, and graphs with very many nodes.
 
-What is expected comes from README ("Semantics worth knowing") and CUDNN_FACTS section 5:
+What is expected comes from docs/how-it-works.md ("Semantics worth knowing") and CUDNN_FACTS section 5:
 
 - sequence length 0 (cuDNN itself fails): zero outputs, final state = initial state;
 - lengths above the time dimension: treated as the time dimension;
 - outputs past a length are exactly zero, final states come from the last valid step.
 
-Cases the README does not spell out follow from those rules: an empty batch gives empty
+Cases the docs do not spell out follow from those rules: an empty batch gives empty
 outputs of the right shapes; zero time steps is "every length is 0" (empty output, final
-state = initial state). Each case is checked against graphfix.reference, and the exact
+state = initial state). Each case is checked against graphfix.cudnn.reference, and the exact
 identities (zeros, untouched states) are asserted bit for bit as well.
 
     x [T, B, I] --.
@@ -129,7 +129,7 @@ def test_reference_zero_time_steps_keeps_initial_state():
     ("lstm", True, False, np.float32), ("gru", False, True, np.float32),
     ("rnn_relu", True, True, np.float16), ("lstm", False, False, np.float64)])
 def test_zero_length_gives_zero_output_and_initial_state(mode, time_major, lengths_fed, dtype):
-    """README: a length of 0 gives zero outputs and the initial state as the final state,
+    """docs/how-it-works.md: a length of 0 gives zero outputs and the initial state as the final state,
     in every layer and both directions."""
     spec = layout.RnnSpec(mode, 2, 3, 2, 2)
     lengths = np.array([0, 5, 2, 0], np.int32)
@@ -160,7 +160,7 @@ def test_all_lengths_zero():
 
 @pytest.mark.parametrize("lengths_fed,time_major", [(True, True), (False, False)])
 def test_lengths_above_time_dimension_are_clipped(lengths_fed, time_major):
-    """README: lengths above the time dimension are treated as the time dimension; the
+    """docs/how-it-works.md: lengths above the time dimension are treated as the time dimension; the
     backward direction then starts at step T-1, as for a full-length example."""
     spec = layout.RnnSpec("gru", 2, 3, 2, 2)
     T = 5

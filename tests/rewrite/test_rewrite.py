@@ -1,7 +1,7 @@
 """End-to-end GraphDef conversion of raw cuDNN ops, checked against the numpy reference.
 
 Each case builds a TF1 graph around tf.raw_ops.CudnnRNN* (see raw_graphs.py), converts it,
-runs the result on CPU and compares with graphfix.reference (itself checked against Keras
+runs the result on CPU and compares with graphfix.cudnn.reference (itself checked against Keras
 in test_reference.py). Structure is asserted too: no Cudnn* op is left anywhere.
 """
 

@@ -1,4 +1,4 @@
-"""Converting a model must not run the model: only the pure allowlist (resolve.PURE_OPS) may
+"""Converting a model must not run the model: only the pure allowlist (graphfix.graph.folding.PURE_OPS) may
 be executed, and only on the params' own ancestry.
 
 Every graph here wires a side effect next to, or into, the params of one cuDNN op:
