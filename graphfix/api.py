@@ -3,6 +3,7 @@
     graph_def, report = graphfix.convert_graph_def(graph_def)     # in memory
     report = graphfix.convert("model.pb", "model_cpu.pb")         # frozen GraphDef files
     report = graphfix.convert("model_dir", "model_dir_cpu")       # SavedModel directories
+    report = graphfix.convert("legacy.h5")                       # Keras HDF5 with CuDNNLSTM/GRU layers
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from graphfix import rewrite
 from graphfix.cudnn import gates
-from graphfix.errors import GraphfixError, VerificationError
-from graphfix.io import graph_def_file, saved_model_dir
+from graphfix.errors import GraphfixError, UnsupportedError, VerificationError
+from graphfix.io import graph_def_file, keras_h5, saved_model_dir
 from graphfix.report import Report
 from graphfix.targets.cpu import CpuTarget
 
@@ -38,7 +39,7 @@ def default_output_path(src: Path) -> Path:
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force: bool = False,
-            gate_order: str = gates.CUDNN, verify: bool = False) -> Report:
+            gate_order: str = gates.CUDNN, verify: bool = False) -> Report | keras_h5.KerasConversion:
     """Convert the model file at `src` and write the result to `dst` (default: `*_cpu.*`).
 
     The input is never modified; the output is written atomically and only when the whole
@@ -46,11 +47,16 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force:
     A model without cuDNN ops is reported (`report.changed` is False) and nothing is written.
     verify: check the conversion first (`graphfix.tools.verify`, result in `report.verification`);
     raise VerificationError, writing nothing, if it fails.
+    A Keras HDF5 file (.h5/.hdf5: `model.save` or `save_weights` of Keras 2 / tf_keras) gets its
+    CuDNNLSTM / CuDNNGRU layers made LSTM / GRU (`graphfix.io.keras_h5`; a `.keras` dst writes
+    Keras 3's format) and returns a `keras_h5.KerasConversion`.
     """
     src = Path(src)
     gates.check(gate_order)
     if src.is_dir():
         return _convert_saved_model(src, dst, force, gate_order, verify)
+    if keras_h5.is_hdf5_path(src):
+        return _convert_keras(src, dst, force, gate_order, verify)
     dst = Path(dst) if dst is not None else default_output_path(src)
     graph_def_file.check_output_path(dst, force, source=src)
     # Large Const values live outside the proto while converting (graphfix.graph.detached): a
@@ -97,6 +103,16 @@ def _require(report: Report, verification, src: Path) -> None:
     report.verification = verification
     if not verification.ok:
         raise VerificationError(verification.failure(), str(src), report=report)
+
+
+def _convert_keras(src: Path, dst, force: bool, gate_order: str, verify: bool) -> keras_h5.KerasConversion:
+    if verify:
+        raise UnsupportedError("--verify runs converted cuDNN ops of a graph; a Keras HDF5 file has none (its "
+                               "layers' weights are converted by the rule tf_keras itself applies)", str(src))
+    if gate_order != gates.CUDNN:
+        raise UnsupportedError("--gate-order is for params buffers in graphs; a Keras file's CuDNN layers keep "
+                               "Keras's gate order", str(src))
+    return keras_h5.convert_file(src, Path(dst) if dst is not None else default_output_path(src), force)
 
 
 def _convert_saved_model(src: Path, dst, force: bool, gate_order: str = gates.CUDNN, verify: bool = False) -> Report:

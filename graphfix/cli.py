@@ -1,10 +1,15 @@
 """Command line: `python -m graphfix MODEL [-o OUT] [--force] [--verify] [--gate-order ORDER]`.
 
-MODEL is a SavedModel directory or a GraphDef file. Two subcommands, chosen by the first
-argument (a model literally named "inspect" or "extract" is given as ./inspect):
+MODEL is a SavedModel directory, a GraphDef file, or a Keras HDF5 file (.h5) with CuDNNLSTM /
+CuDNNGRU layers. Subcommands, named by the first argument that is not an option (a model
+literally named "inspect" is given as ./inspect):
 
+    python -m graphfix [convert] MODEL ...             convert (the default command)
     python -m graphfix inspect MODEL [--json]          list the cuDNN ops, convert nothing
     python -m graphfix extract MODEL -o weights.npz    their weights in Keras's layout
+    python -m graphfix help [COMMAND]                  the help of a command
+
+Usage errors exit 2 before TensorFlow is imported (argparse's own exit code).
 
 Exit codes: 0 done (or nothing to convert), 1 internal error, 2 unreadable input,
 3 params buffer fits no layout, 4 unsupported op or configuration, 5 output not writable,
@@ -14,6 +19,7 @@ Exit codes: 0 done (or nothing to convert), 1 internal error, 2 unreadable input
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
@@ -39,17 +45,24 @@ examples:
   python -m graphfix model.pb                 # frozen GraphDef: writes model_cpu.pb
   python -m graphfix model.pbtxt -o cpu.pbtxt --force
   python -m graphfix model.pb --verify        # check every converted op, then write
+  python -m graphfix legacy.h5                # Keras CuDNNLSTM/CuDNNGRU -> LSTM/GRU: legacy_cpu.h5
+  python -m graphfix legacy.h5 -o model.keras # the same, in Keras 3's format
   python -m graphfix model_dir/ --target tflite --batch-size 1 --tflite model.tflite
+  python -m graphfix model_dir/ --target onnx -o model.onnx   # native ONNX LSTM/GRU (pip install "graphfix[onnx]")
   python -m graphfix inspect model_dir/       # list the cuDNN ops (--json for machines)
   python -m graphfix extract model_dir/ -o weights.npz   # Keras-layout weights
 """
 
-SUBCOMMANDS = ("inspect", "extract")
+COMMANDS = ("convert", "inspect", "extract", "help")
+DEPENDENCIES = {"tensorflow": "tensorflow", "numpy": "numpy", "google": "protobuf", "h5py": "h5py"}  # module: package
+TFLITE_ONLY = ("batch_size", "tflite", "no_fused_lstm")
 GATE_ORDER_HELP = ("how the model's params order the LSTM gates: ifco (cuDNN, default) or ifoc "
                    "(models exported by ROCm builds of Keras)")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    from graphfix.version import __version__
+    parser.add_argument("--version", action="version", version=f"graphfix {__version__}")
     parser.add_argument("--gate-order", choices=("ifco", "ifoc"), default="ifco", help=GATE_ORDER_HELP)
     parser.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's own logs")
@@ -63,18 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "Subcommands: 'graphfix inspect MODEL' and 'graphfix extract MODEL -o OUT.npz' "
                     "(each with --help).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="a SavedModel directory, or a frozen GraphDef (binary .pb or text .pbtxt)")
+    parser.add_argument("model", help="a SavedModel directory, a frozen GraphDef (binary .pb or text .pbtxt), or a "
+                                      "Keras HDF5 file (.h5: model.save or save_weights) with CuDNNLSTM/CuDNNGRU "
+                                      "layers")
     parser.add_argument("-o", "--output", help="where to write the converted model (default: MODEL_DIR_cpu/ "
                                                "for a SavedModel, MODEL_cpu.pb for a GraphDef, same format "
-                                               "as the input)")
+                                               "as the input; for a Keras .h5: MODEL_cpu.h5, or OUT.keras for "
+                                               "Keras 3's format)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
     parser.add_argument("--verify", action="store_true",
                         help="before writing, run every converted op on CPU with random inputs against the "
                              "numpy reference of cuDNN, and the whole model once; exit 6 if it fails")
-    parser.add_argument("--target", choices=("cpu", "tflite"), default="cpu",
+    parser.add_argument("--target", choices=("cpu", "tflite", "onnx"), default="cpu",
                         help="tflite: a SavedModel (default MODEL_DIR_tflite/) with a fixed batch that the TFLite "
-                             "converter converts with builtin ops only, LSTMs fused (see docs/tflite.md)")
-    parser.add_argument("--batch-size", type=int, help="--target tflite: the fixed batch size (needed when the "
+                             "converter converts with builtin ops only, LSTMs fused (see docs/tflite.md); "
+                             "onnx: one .onnx file (default MODEL.onnx), cuDNN RNNs as ONNX LSTM/GRU/RNN nodes, "
+                             "the rest converted by tf2onnx (see docs/onnx.md)")
+    parser.add_argument("--batch-size", type=_positive_int, help="--target tflite: the fixed batch size (needed when the "
                                                        "model's signatures leave the batch open)")
     parser.add_argument("--tflite", metavar="FILE", help="--target tflite: also write the .tflite model")
     parser.add_argument("--no-fused-lstm", action="store_true",
@@ -84,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_inspect_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="graphfix inspect",
@@ -91,7 +119,7 @@ def build_inspect_parser() -> argparse.ArgumentParser:
                     "sits, its configuration, where its params come from, and whether anything runs it.",
         epilog="exit codes: 0 listed (also when an op could not be read: see its 'problem'), "
                "1 internal error, 2 the input cannot be read")
-    parser.add_argument("model", help="a SavedModel directory, or a frozen GraphDef")
+    parser.add_argument("model", help="a SavedModel directory, a frozen GraphDef, or a Keras HDF5 file")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     _common(parser)
     return parser
@@ -105,30 +133,63 @@ def build_extract_parser() -> argparse.ArgumentParser:
                     "'__manifest__' entry (JSON) describes each op.",
         epilog="exit codes: as for conversion (2 unreadable input, 3 params fit no layout, 4 weights that "
                "cannot be read, 5 output not writable)")
-    parser.add_argument("model", help="a SavedModel directory, or a frozen GraphDef")
+    parser.add_argument("model", help="a SavedModel directory, a frozen GraphDef, or a Keras HDF5 file")
     parser.add_argument("-o", "--output", required=True, help="the .npz file to write")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
     _common(parser)
     return parser
 
 
+PARSERS = {"convert": build_parser, "inspect": build_inspect_parser, "extract": build_extract_parser}
+
+
+def split_command(argv: list[str]) -> tuple[str, list[str], str | None]:
+    """(command, its arguments, the first argument that is not an option): that argument
+    names the command when it is one of COMMANDS (options may come before it:
+    `graphfix -q inspect DIR`); otherwise the command is convert."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if not arg.startswith("-"):
+            if arg in COMMANDS:
+                return arg, argv[:i] + argv[i + 1:], arg
+            return "convert", argv, arg
+    return "convert", argv, None
+
+
+def parse_args(argv: list[str]) -> tuple[str, argparse.Namespace]:
+    """(command, arguments), or SystemExit(2) with argparse's usage line for a usage error.
+
+    Everything here runs before TensorFlow is imported, so a usage error costs nothing.
+    """
+    command, argv, first = split_command(argv)
+    if command == "help":
+        topic = next((a for a in argv if a in PARSERS), "convert")
+        PARSERS[topic]().print_help()
+        raise SystemExit(0)
+    parser = PARSERS[command]()
+    close = difflib.get_close_matches(first or "", COMMANDS, n=1, cutoff=0.6)
+    if first not in COMMANDS and close and not os.path.exists(first):  # before argparse's "unrecognized arguments"
+        parser.error(f"no such file or command {first!r}; did you mean 'graphfix {close[0]} ...'?")
+    args = parser.parse_args(argv)
+    if command == "convert":
+        given = [f"--{name.replace('_', '-')}" for name in TFLITE_ONLY if getattr(args, name) not in (None, False)]
+        if given and args.target != "tflite":
+            parser.error(f"{' and '.join(given)} only mean{'s' if len(given) == 1 else ''} something "
+                         "with --target tflite")
+    return command, args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:
-        command, argv = argv[0], argv[1:]
-    else:
-        command = "convert"
-    parser = {"convert": build_parser, "inspect": build_inspect_parser, "extract": build_extract_parser}[command]()
-    args = parser.parse_args(argv)
+    command, args = parse_args(argv)
     _setup_logging(args.debug, args.quiet)
-    if not args.debug:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        import_tensorflow_quietly()
-    from graphfix.errors import (
-        GraphfixError,  # after the env var: graphfix imports TensorFlow
-    )
+    from graphfix.errors import GraphfixError  # no TensorFlow import: that comes next, quietly
 
     try:
+        if not args.debug:
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+            import_tensorflow_quietly()
         return {"convert": _convert, "inspect": _inspect, "extract": _extract}[command](args)
     except GraphfixError as exc:
         if args.debug:
@@ -146,9 +207,28 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: say so plainly, and keep the promise of no partial output
         if args.debug:
             traceback.print_exc()
+        missing = (exc.name or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else None
+        if missing in DEPENDENCIES:
+            print(f"graphfix: error: {DEPENDENCIES[missing]} is not installed for {sys.executable}: install graphfix with "
+                  "its dependencies (pip install PATH_TO_GRAPHFIX, see README 'Install'), or use the "
+                  "environment scripts/setup.sh made (.venv/bin/python -m graphfix)", file=sys.stderr)
+            return 1
         print(f"graphfix: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a record comes, not as it was when main() first ran
+    (callers that run main() in-process, as tests do, swap sys.stderr between runs)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ sets it; the property decides
+        pass
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
@@ -158,10 +238,9 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
     (fingerprints, loading) keeps its own format and, without --debug, only its errors.
     """
     log = logging.getLogger("graphfix")
-    if not any(getattr(h, "graphfix_cli", False) for h in log.handlers):  # main() may run twice in-process
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):  # main() may run twice in-process
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("graphfix: %(message)s"))
-        handler.graphfix_cli = True
         log.addHandler(handler)
     log.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     log.propagate = False
@@ -171,18 +250,25 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
 def _convert(args) -> int:
     from graphfix import api
     if args.target == "tflite":
-        from graphfix.errors import UnsupportedError
         from graphfix.targets import tflite
-        if args.verify:
-            raise UnsupportedError("--verify is not available with --target tflite")
+        check = None
+        if args.verify:  # LiteRT against the numpy reference (graphfix.tools.verify_tflite)
+            import functools
+            from pathlib import Path
+
+            from graphfix.tools.verify_tflite import verify_tflite
+            check = functools.partial(verify_tflite, gate_order=args.gate_order, src=Path(args.model))
         report = tflite.convert_for_tflite(args.model, args.output, batch_size=args.batch_size,
                                            tflite_file=args.tflite, force=args.force, gate_order=args.gate_order,
-                                           fuse_lstm=not args.no_fused_lstm)
+                                           fuse_lstm=not args.no_fused_lstm, check=check)
         _print(report.lines(), args.quiet)
         return 0
-    if args.batch_size is not None or args.tflite is not None or args.no_fused_lstm:
-        from graphfix.errors import UnsupportedError
-        raise UnsupportedError("--batch-size, --tflite and --no-fused-lstm need --target tflite")
+    if args.target == "onnx":
+        from graphfix.targets import onnx as onnx_target
+        report = onnx_target.convert_to_onnx(args.model, args.output, force=args.force, gate_order=args.gate_order,
+                                             verify=args.verify)
+        _print(report.lines(), args.quiet)
+        return 0
     report = api.convert(args.model, args.output, force=args.force, gate_order=args.gate_order,
                          verify=args.verify)
     if not report.changed and report.left_unchanged:
@@ -191,7 +277,8 @@ def _convert(args) -> int:
               "nothing to convert, nothing written")
         return 0
     if not report.changed:
-        print(f"{args.model}: no cuDNN RNN op found; nothing to convert, nothing written")
+        found = "CuDNNLSTM or CuDNNGRU layer" if hasattr(report, "layers") else "cuDNN RNN op"  # Keras file or graph
+        print(f"{args.model}: no {found} found; nothing to convert, nothing written")
         return 0
     _print(report.lines(), args.quiet)
     return 0

@@ -45,7 +45,7 @@ scenarios also through `python -m graphfix` in a subprocess) and checks:
 | 29 | sm_variables_index_empty        | SavedModel, variables.index of zero bytes           | 2    |
 | 30 | out_exists_no_force             | -o names an existing file, no --force               | 5    |
 | 31 | out_sm_exists_no_force          | SavedModel, -o names an existing folder, no --force | 5    |
-| 32 | out_folder_missing              | -o missing/out.pb                                   | 5    |
+| 32 | out_parent_is_a_file            | -o model.pb/out.pb (the parent is a file)           | 5    |
 | 33 | out_is_input                    | -o ./model.pb --force (the input itself)            | 5    |
 | 34 | out_under_proc                  | -o /proc/graphfix_bad_inputs.pb                     | 5    |
 | 35 | out_disk_full_graph_def         | fsync raises ENOSPC while writing the .pb           | 5    |
@@ -318,8 +318,8 @@ SCENARIOS = {
                                     ("out.pb", "already exists", "--force")),
     "out_sm_exists_no_force": Scenario({"out/keep.txt": "junk"}, ("model", "-o", "out"), 5,
                                        ("out", "already exists", "--force"), saved_model=lambda sm: None),
-    "out_folder_missing": Scenario(GRAPH, ("model.pb", "-o", "missing/out.pb"), 5,
-                                   ("missing/out.pb", "does not exist")),
+    "out_parent_is_a_file": Scenario(GRAPH, ("model.pb", "-o", "model.pb/out.pb"), 5,
+                                     ("model.pb/out.pb", "is a file", "cannot be made")),
     "out_is_input": Scenario(GRAPH, ("model.pb", "-o", "./model.pb", "--force"), 5,
                              ("model.pb", "overwrite the input")),
     "out_under_proc": Scenario(GRAPH, ("model.pb", "-o", PROC_OUTPUT), 5, (PROC_OUTPUT,)),
@@ -384,7 +384,7 @@ def _inject(monkeypatch, patch):
 
 @pytest.fixture(autouse=True)
 def _fresh_logging():
-    """cli.main's logging.basicConfig binds a handler to this test's captured stderr: drop it after."""
+    """Leave the root logger as it was (cli.main logs through the "graphfix" logger's own handler)."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield

@@ -132,8 +132,8 @@ RUNS = {
                          ("out.pb", "already exists", "--force")),
     "output_is_input": Run({"model.pb": "lstm.pb"}, ("model.pb", "-o", "./model.pb", "--force"), 5,
                            ("model.pb", "overwrite the input")),
-    "no_output_folder": Run({"model.pb": "lstm.pb"}, ("model.pb", "-o", "missing/out.pb"), 5,
-                            ("missing/out.pb", "does not exist")),
+    "output_parent_is_a_file": Run({"model.pb": "lstm.pb", "junk": "junk"}, ("model.pb", "-o", "junk/out.pb"), 5,
+                                   ("junk/out.pb", "is a file", "cannot be made")),
     "output_unwritable": Run({"model.pb": "lstm.pb"}, ("model.pb", "-o", PROC_OUTPUT), 5, (PROC_OUTPUT,)),
 }
 

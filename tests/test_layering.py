@@ -4,6 +4,7 @@
     0     errors, report, quiet_import, version   nothing of graphfix
     1     cudnn/          numpy core: rank 0 only (and imports without TensorFlow:
                           tests/cudnn/test_layout.py)
+    2     keras           graphfix.keras: the numpy core's Keras weight helpers, re-exported
     2     graph/          bodies, folding, saved values, detached consts, traced functions
     3     rewrite/        find, read, replace; handed a Target, never imports one
     4     io/             model files in and out
@@ -24,8 +25,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "graphfix"
-RANK = {"errors": 0, "report": 0, "quiet_import": 0, "version": 0, "cudnn": 1, "graph": 2, "rewrite": 3, "io": 4,
-        "targets": 5, "tools": 6, "api": 7, "cli": 8, "__init__": 9, "__main__": 9}
+RANK = {"errors": 0, "report": 0, "quiet_import": 0, "version": 0, "cudnn": 1, "keras": 2, "graph": 2, "rewrite": 3,
+        "io": 4, "targets": 5, "tools": 6, "api": 7, "cli": 8, "__init__": 9, "__main__": 9}
 MAX_LINES = 450
 FOLDERS = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
 

@@ -18,6 +18,7 @@ from tensorflow.core.framework import graph_pb2
 from graphfix.errors import InputError, OutputError
 from graphfix.graph.detached import ConstStore, detach
 from graphfix.io import stream_read, stream_write
+from graphfix.io.output_paths import check_output, current_umask, parents_made
 from graphfix.io.wire import WireError
 
 TEXT_SUFFIXES = (".pbtxt", ".txt", ".prototxt")
@@ -89,16 +90,8 @@ def serialize_graph_def(graph_def: graph_pb2.GraphDef, text: bool) -> bytes:
 
 
 def check_output_path(path: Path, force: bool, source: Path | None = None) -> None:
-    """Refuse before any work is done: an existing output without force, or the input itself."""
-    if source is not None and path.exists() and path.resolve() == source.resolve():
-        raise OutputError("the output would overwrite the input; choose another -o", str(path))
-    if path.exists() and not force:
-        raise OutputError("already exists; pass --force to overwrite it", str(path))
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"the folder {str(parent)!r} does not exist", str(path))
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"the folder {str(parent)!r} is not writable", str(path))
+    """Refuse before any work is done (`output_paths.check_output`)."""
+    check_output(path, force, source)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -107,32 +100,39 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call write(handle) on a temporary file, then rename it to `path`; on failure remove it.
+    """Call write(handle) on a temporary file, then rename it to `path` (`write_path_atomic`)."""
+    def write_file(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            write(handle)
 
-    The file gets the usual mode for new files (0666 less the umask), not mkstemp's 0600,
-    so that a serving process under another account can read it.
+    write_path_atomic(path, write_file)
+
+
+def write_path_atomic(path: Path, write: Callable[[str], object], suffix: str = ".tmp") -> None:
+    """Call write(temporary path), then rename that file to `path`; on failure remove it.
+
+    Also for libraries that write by file name (h5py, Keras). The temporary file sits in
+    the destination folder (made if missing) and ends with `suffix` (Keras picks its format
+    by the name); on any failure it is removed and `path` is left as it was. The file gets
+    the usual mode for new files (0666 less the umask), not mkstemp's 0600, so that a
+    serving process under another account can read it.
     """
     parent = path.parent if str(path.parent) else Path(".")
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
+        with parents_made(path):
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=parent)
+            os.close(fd)
+            write(tmp)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~current_umask())
+            os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write: {exc.strerror or exc}", str(path)) from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_graph_def(graph_def: graph_pb2.GraphDef, path: Path, consts: ConstStore | None = None) -> None:

@@ -21,6 +21,7 @@ from google.protobuf import message, text_format
 from tensorflow.core.protobuf import saved_model_pb2
 
 from graphfix.errors import InputError, OutputError
+from graphfix.io.output_paths import current_umask, parents_made
 
 PB, PBTXT = "saved_model.pb", "saved_model.pbtxt"
 FINGERPRINT = "fingerprint.pb"
@@ -89,9 +90,16 @@ def default_output_dir(src: Path) -> Path:
 
 def write_saved_model(src: Path, proto: saved_model_pb2.SavedModel, dst: Path, force: bool) -> None:
     """Copy `src` to `dst` with saved_model.pb replaced by `proto`; all or nothing."""
+    with parents_made(dst):
+        _write_saved_model(src, proto, dst, force)
+
+
+def _write_saved_model(src: Path, proto: saved_model_pb2.SavedModel, dst: Path, force: bool) -> None:
     parent = dst.parent if str(dst.parent) else Path(".")
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+        # mkdtemp makes 0700; a serving process under another account must be able to read it
+        os.chmod(tmp, 0o777 & ~current_umask())
     except OSError as exc:
         raise OutputError(f"cannot create a folder beside it: {exc.strerror}", str(dst)) from None
     try:

@@ -32,8 +32,9 @@ import numpy as np
 
 from graphfix.cudnn import gates, layout
 from graphfix.errors import UnsupportedError
-from graphfix.io import graph_def_file
+from graphfix.io import graph_def_file, keras_h5
 from graphfix.tools.inspect import FoundOp, Survey, inspect_model
+from graphfix.tools.keras_file import KerasExtraction, extract_keras
 from graphfix.version import __version__
 
 MANIFEST = "__manifest__"
@@ -157,11 +158,14 @@ def extract_survey(survey: Survey) -> Extraction:
 
 
 def extract(src: str | os.PathLike, dst: str | os.PathLike, force: bool = False,
-            gate_order: str = gates.CUDNN) -> Extraction:
+            gate_order: str = gates.CUDNN) -> Extraction | KerasExtraction:
     """Write the Keras-layout weights of every cuDNN op of the model at `src` to the .npz `dst`.
 
     Written atomically, only when every op could be read. Raises GraphfixError otherwise.
+    A Keras HDF5 file gives its CuDNN layers' CPU weights (`graphfix.tools.keras_file`).
     """
+    if not Path(src).is_dir() and keras_h5.is_hdf5_path(src):
+        return extract_keras(src, dst, force)
     dst = Path(dst)
     graph_def_file.check_output_path(dst, force, source=Path(src))
     result = extract_survey(inspect_model(src, gate_order))

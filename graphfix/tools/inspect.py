@@ -32,7 +32,8 @@ from graphfix.graph.bodies import Body, GraphBody, bodies, is_cudnn, reachable_f
 from graphfix.graph.detached import ConstStore
 from graphfix.graph.folding import CANONICAL_TO_PARAMS, Folder
 from graphfix.graph.saved_values import Found, ValueFinder
-from graphfix.io import graph_def_file, saved_model_dir
+from graphfix.io import graph_def_file, keras_h5, saved_model_dir
+from graphfix.tools.keras_file import KerasSurvey, inspect_keras
 
 TOP_LEVEL = "top level"
 
@@ -180,9 +181,14 @@ def load_parts(path: str | os.PathLike) -> tuple[str, list[tuple[str, graph_pb2.
     return "GraphDef", [("", graph_def, None, consts)]
 
 
-def inspect_model(path: str | os.PathLike, gate_order: str = gates.CUDNN) -> Survey:
-    """Survey the model file or SavedModel directory at `path`. Raises InputError if unreadable."""
+def inspect_model(path: str | os.PathLike, gate_order: str = gates.CUDNN) -> Survey | KerasSurvey:
+    """Survey the model file or SavedModel directory at `path`. Raises InputError if unreadable.
+
+    A Keras HDF5 file (.h5/.hdf5) gets a KerasSurvey: its CuDNNLSTM / CuDNNGRU layers.
+    """
     gates.check(gate_order)
+    if not Path(path).is_dir() and keras_h5.is_hdf5_path(path):
+        return inspect_keras(path)
     kind, parts = load_parts(path)
     saved_dir = Path(path) if kind == "SavedModel" else None
     survey = Survey(str(path), kind, gate_order, [])

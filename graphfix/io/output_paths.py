@@ -1,0 +1,86 @@
+"""Where an output goes: `-o` as the user meant it, missing parent folders, the umask.
+
+    resolve_output   -o DIR/ (or an existing folder) for a file output means DIR/<default name>;
+                     a file-like name for a folder output (a SavedModel) is refused
+    check_output     refuse before any work: an existing output without --force, the input
+                     itself, a parent that cannot be made or written
+    parents_made     make the missing parent folders for a write; remove them if it fails
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from graphfix.errors import OutputError
+
+# Names that say "a file": a SavedModel output given one of these is almost surely a mistake.
+FILE_SUFFIXES = (".pb", ".pbtxt", ".txt", ".prototxt", ".h5", ".hdf5", ".keras", ".tflite", ".onnx", ".npz")
+
+
+def resolve_output(output: str | os.PathLike | None, default: Path, folder_output: bool) -> Path:
+    """The output path for `-o output` (None: `default`).
+
+    folder_output False (a file is written): `output` ending in a slash, or naming an
+    existing folder, means that folder with the default file name in it (as `cp` does).
+    folder_output True (a SavedModel folder is written): a name ending in a file suffix
+    (.pb, .h5, ...) is refused, since it would silently become a folder of that name.
+    """
+    if output is None:
+        return default
+    text = os.fspath(output)
+    path = Path(text)
+    if folder_output:
+        if path.suffix.lower() in FILE_SUFFIXES and not path.is_dir():
+            raise OutputError(f"names a file ({path.suffix}), but a SavedModel converts to a SavedModel folder: "
+                              f"give a folder name, e.g. -o {path.with_suffix('')}_cpu/", text)
+        return path
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        return path / default.name
+    return path
+
+
+def check_output(path: Path, force: bool, source: Path | None = None) -> None:
+    """Refuse before any work is done: an existing output without force, or the input itself;
+    a parent folder that does not exist yet is fine if it can be made."""
+    if source is not None and path.exists() and path.resolve() == source.resolve():
+        raise OutputError("the output would overwrite the input; choose another -o", str(path))
+    if path.exists() and not force:
+        raise OutputError("already exists; pass --force to overwrite it", str(path))
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{str(existing)!r} is a file, so the folder {str(parent)!r} cannot be made", str(path))
+    if not os.access(existing, os.W_OK):
+        raise OutputError(f"the folder {str(existing)!r} is not writable", str(path))
+
+
+@contextlib.contextmanager
+def parents_made(path: Path):
+    """Make `path`'s missing parent folders (mode per the umask) for a write; if the write
+    fails, remove the ones made here, so a refusal leaves nothing behind."""
+    missing = []
+    parent = path.parent if str(path.parent) else Path(".")
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    made = []
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            made.append(folder)
+        yield
+    except BaseException:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):  # not empty: something else wrote there meanwhile; keep it
+                folder.rmdir()
+        raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
