@@ -16,8 +16,9 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from graphfix import rewrite
 from graphfix.cudnn import gates
-from graphfix.errors import GraphfixError, UnsupportedError, VerificationError
+from graphfix.errors import GraphfixError, InputError, UnsupportedError, VerificationError
 from graphfix.io import graph_def_file, keras_h5, saved_model_dir
+from graphfix.io.output_paths import resolve_output
 from graphfix.report import Report
 from graphfix.targets.cpu import CpuTarget
 
@@ -44,7 +45,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force:
 
     The input is never modified; the output is written atomically and only when the whole
     conversion succeeded. Raises GraphfixError on any refusal, with nothing written.
-    A model without cuDNN ops is reported (`report.changed` is False) and nothing is written.
+    A model without cuDNN ops is reported (`report.changed` is False); nothing is written
+    then, unless `dst` was given: then the model is written as it is, so the output exists.
+    dst: a folder (a trailing slash, or an existing folder) for a file output means
+    `dst/<default name>`; a SavedModel's dst must be a folder name (`io.output_paths`).
     verify: check the conversion first (`graphfix.tools.verify`, result in `report.verification`);
     raise VerificationError, writing nothing, if it fails.
     A Keras HDF5 file (.h5/.hdf5: `model.save` or `save_weights` of Keras 2 / tf_keras) gets its
@@ -55,9 +59,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force:
     gates.check(gate_order)
     if src.is_dir():
         return _convert_saved_model(src, dst, force, gate_order, verify)
+    _refuse_likely_mistakes(src)
+    asked = dst is not None
+    dst = resolve_output(dst, default_output_path(src), folder_output=False)
     if keras_h5.is_hdf5_path(src):
-        return _convert_keras(src, dst, force, gate_order, verify)
-    dst = Path(dst) if dst is not None else default_output_path(src)
+        return _convert_keras(src, dst, asked, force, gate_order, verify)
     graph_def_file.check_output_path(dst, force, source=src)
     # Large Const values live outside the proto while converting (graphfix.graph.detached): a
     # gigabyte params buffer then exists once or twice in memory, not five to seven times.
@@ -67,15 +73,27 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force:
             graph_def, consts, CpuTarget(), source=str(src), gate_order=gate_order)
     except GraphfixError as exc:
         raise exc.at(str(src)) from None
-    if report.changed:
-        if verify:
-            from graphfix.tools import verify as checks
-            _require(report, checks.verify_graph_def(consts.attach(graph_def), converted_consts.attach(converted),
-                                                     report, gate_order), src)
-        del graph_def, consts  # the input's values that the output no longer needs can go now
+    if report.changed and verify:
+        from graphfix.tools import verify as checks
+        _require(report, checks.verify_graph_def(consts.attach(graph_def), converted_consts.attach(converted),
+                                                 report, gate_order), src)
+    del graph_def, consts  # the input's values that the output no longer needs can go now
+    if report.changed or asked:
         graph_def_file.write_graph_def(converted, dst, converted_consts)
         report.output = str(dst)
     return report
+
+
+def _refuse_likely_mistakes(src: Path) -> None:
+    """Inputs people pass by mistake, refused with what to do instead of a protobuf error."""
+    if src.name in (saved_model_dir.PB, saved_model_dir.PBTXT) and src.is_file():
+        folder = str(src.parent) if str(src.parent) != "." else "."
+        raise InputError(f"this is the graph file of the SavedModel folder {folder!r}: pass the folder, "
+                         f"graphfix {folder}/", str(src))
+    if src.suffix.lower() == ".keras" and src.is_file():
+        raise InputError("a .keras file is Keras 3's own format: its LSTM/GRU layers run on CPU as they are, and it "
+                         "holds no cuDNN op; graphfix converts SavedModels, frozen GraphDefs and Keras HDF5 (.h5) "
+                         "files with CuDNNLSTM/CuDNNGRU layers", str(src))
 
 
 def convert_saved_model_proto(proto: saved_model_pb2.SavedModel, source: str = "<saved model>",
@@ -105,25 +123,27 @@ def _require(report: Report, verification, src: Path) -> None:
         raise VerificationError(verification.failure(), str(src), report=report)
 
 
-def _convert_keras(src: Path, dst, force: bool, gate_order: str, verify: bool) -> keras_h5.KerasConversion:
+def _convert_keras(src: Path, dst: Path, asked: bool, force: bool, gate_order: str,
+                   verify: bool) -> keras_h5.KerasConversion:
     if verify:
         raise UnsupportedError("--verify runs converted cuDNN ops of a graph; a Keras HDF5 file has none (its "
                                "layers' weights are converted by the rule tf_keras itself applies)", str(src))
     if gate_order != gates.CUDNN:
         raise UnsupportedError("--gate-order is for params buffers in graphs; a Keras file's CuDNN layers keep "
                                "Keras's gate order", str(src))
-    return keras_h5.convert_file(src, Path(dst) if dst is not None else default_output_path(src), force)
+    return keras_h5.convert_file(src, dst, force, write_unchanged=asked)
 
 
 def _convert_saved_model(src: Path, dst, force: bool, gate_order: str = gates.CUDNN, verify: bool = False) -> Report:
-    dst = Path(dst) if dst is not None else saved_model_dir.default_output_dir(src)
+    asked = dst is not None
+    dst = resolve_output(dst, saved_model_dir.default_output_dir(src), folder_output=True)
     graph_def_file.check_output_path(dst, force, source=src)
     proto = saved_model_dir.read_saved_model(src)
     converted, report = convert_saved_model_proto(proto, source=str(src), gate_order=gate_order)
-    if report.changed:
-        if verify:
-            from graphfix.tools import verify as checks
-            _require(report, checks.verify_saved_model(src, proto, converted, report, gate_order), src)
+    if report.changed and verify:
+        from graphfix.tools import verify as checks
+        _require(report, checks.verify_saved_model(src, proto, converted, report, gate_order), src)
+    if report.changed or asked:
         saved_model_dir.write_saved_model(src, converted, dst, force)
         report.output = str(dst)
     return report

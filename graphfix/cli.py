@@ -31,7 +31,8 @@ from graphfix.quiet_import import import_tensorflow_quietly
 EPILOG = """\
 exit codes:
   0  converted; or no cuDNN op runs in the model (none at all, or only in functions nothing
-     calls, as tf_keras SavedModels keep them): it already runs on CPU, nothing is written
+     calls, as tf_keras SavedModels keep them): it already runs on CPU; nothing is written
+     then, unless -o was given (the model is written to it as it is)
   1  internal error (please report it, with --debug output)
   2  the input cannot be read or is not a model
   3  a params buffer fits no cuDNN layout
@@ -120,7 +121,9 @@ def build_inspect_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 listed (also when an op could not be read: see its 'problem'), "
                "1 internal error, 2 the input cannot be read")
     parser.add_argument("model", help="a SavedModel directory, a frozen GraphDef, or a Keras HDF5 file")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text (every op)")
+    parser.add_argument("--all", action="store_true", help="also list in full the ops nothing in the model calls "
+                                                           "(tf_keras's GPU variants and gradients)")
     _common(parser)
     return parser
 
@@ -271,14 +274,16 @@ def _convert(args) -> int:
         return 0
     report = api.convert(args.model, args.output, force=args.force, gate_order=args.gate_order,
                          verify=args.verify)
-    if not report.changed and report.left_unchanged:
-        print(f"{args.model}: cuDNN ops only in {len(report.left_unchanged)} function(s) that nothing in the model "
-              "calls (tf_keras keeps GPU variants and gradients so); the model already runs on CPU as it is; "
-              "nothing to convert, nothing written")
-        return 0
     if not report.changed:
-        found = "CuDNNLSTM or CuDNNGRU layer" if hasattr(report, "layers") else "cuDNN RNN op"  # Keras file or graph
-        print(f"{args.model}: no {found} found; nothing to convert, nothing written")
+        written = (f"wrote it as it is to {report.output} (as -o asked)" if report.output
+                   else "nothing written (pass -o to write it anyway)")
+        if getattr(report, "left_unchanged", None):
+            print(f"{args.model}: cuDNN ops only in {len(report.left_unchanged)} function(s) that nothing in the "
+                  "model calls (tf_keras keeps GPU variants and gradients so); the model already runs on CPU as "
+                  f"it is; nothing to convert; {written}")
+        else:
+            found = "CuDNNLSTM or CuDNNGRU layer" if hasattr(report, "layers") else "cuDNN RNN op"  # Keras file or graph
+            print(f"{args.model}: no {found} found; nothing to convert; {written}")
         return 0
     _print(report.lines(), args.quiet)
     return 0
@@ -290,7 +295,7 @@ def _inspect(args) -> int:
     if args.json:
         print(json.dumps(survey.to_json(), indent=2))
     else:
-        print("\n".join(survey.lines()))
+        print("\n".join(survey.lines(every_op=args.all)))
     return 0
 
 

@@ -126,3 +126,83 @@ def test_a_refusal_leaves_no_parent_folder_behind(tmp_path):
     proc = run_cli(model, "-o", tmp_path / "a" / "b" / "out.pb")
     assert proc.returncode == 2, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pb"]
+
+
+def test_output_folder_with_slash_or_existing_gets_the_default_name(tmp_path):
+    model = _lstm_pb(tmp_path)
+    new = run_cli(model, "-o", f"{tmp_path / 'new'}/", "-q")
+    assert new.returncode == 0, new.stderr
+    assert (tmp_path / "new" / "model_cpu.pb").is_file()
+    (tmp_path / "existing").mkdir()
+    existing = run_cli(model, "-o", tmp_path / "existing", "--force", "-q")
+    assert existing.returncode == 0, existing.stderr
+    assert sorted(p.name for p in (tmp_path / "existing").iterdir()) == ["model_cpu.pb"]
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    from builders.saved_models import save_tf1_cudnn
+    root = tmp_path_factory.mktemp("usage_sm")
+    save_tf1_cudnn("gru", root / "model", op="CudnnRNNV2", spec=layout.RnnSpec("gru", 1, 4, 3, 1), time=4, batch=2,
+                   seed=3, use_resource=True)
+    return root / "model"
+
+
+def test_saved_model_output_named_like_a_file_is_refused(saved_model, tmp_path):
+    proc = run_cli(saved_model, "-o", tmp_path / "out.pb")
+    assert proc.returncode == 5, proc.stderr
+    assert "a SavedModel converts to a SavedModel folder" in proc.stderr and "out_cpu/" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_model_output_gets_the_umask_mode(saved_model, tmp_path, umask):
+    """The folder and the files graphfix writes: the umask's mode (mkdtemp alone gives 0700);
+    what is copied from the input (variables/, assets/) keeps the input's modes."""
+    out = tmp_path / "out"
+    proc = run_cli(saved_model, "-o", out, "-q", umask=umask)
+    assert proc.returncode == 0, proc.stderr
+    mode = lambda p: oct(stat.S_IMODE(p.stat().st_mode))  # noqa: E731
+    assert mode(out) == oct(0o777 & ~umask)
+    assert {mode(out / name) for name in ("saved_model.pb", "fingerprint.pb") if (out / name).exists()} == {
+        oct(0o666 & ~umask)}
+    copied = [p.relative_to(out) for p in out.rglob("*") if p.name not in ("saved_model.pb", "fingerprint.pb")]
+    assert copied and {str(p): mode(out / p) for p in copied} == {str(p): mode(saved_model / p) for p in copied}
+
+
+def _plain_pb(folder: Path) -> Path:
+    import tensorflow as tf
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [2, 3], name="x")
+        tf.identity(tf.matmul(x, tf.constant(np.arange(6, dtype=np.float32).reshape(3, 2))), name="y")
+    path = folder / "plain.pb"
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    return path
+
+
+def test_nothing_to_convert_writes_the_output_only_when_asked(tmp_path):
+    import tensorflow as tf
+    model = _plain_pb(tmp_path)
+    quiet = run_cli(model)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "nothing to convert; nothing written (pass -o to write it anyway)" in quiet.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.pb"]
+    asked = run_cli(model, "-o", tmp_path / "out.pb")
+    assert asked.returncode == 0, asked.stderr
+    assert f"wrote it as it is to {tmp_path / 'out.pb'}" in asked.stdout
+    original = tf.compat.v1.GraphDef.FromString(model.read_bytes())
+    written = tf.compat.v1.GraphDef.FromString((tmp_path / "out.pb").read_bytes())
+    assert [(n.name, n.op) for n in written.node] == [(n.name, n.op) for n in original.node]
+
+
+def test_saved_model_pb_and_keras_files_get_advice(saved_model, tmp_path):
+    pb = run_cli(saved_model / "saved_model.pb")
+    assert pb.returncode == 2, pb.stderr
+    assert f"pass the folder, graphfix {saved_model}/" in pb.stderr
+    keras_file = tmp_path / "model.keras"
+    keras_file.write_bytes(b"PK\x03\x04 a zip")
+    keras = run_cli(keras_file)
+    assert keras.returncode == 2, keras.stderr
+    assert "Keras 3's own format" in keras.stderr and "(.h5)" in keras.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]

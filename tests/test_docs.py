@@ -373,7 +373,7 @@ def quick_start_problems(readme: str, ci_run: str, test_sh: str, demo_sh: str) -
     if "bash scripts/test.sh" not in ci_run.splitlines():
         problems.append(".ci/run does not run bash scripts/test.sh")
     for name, script in (("test.sh", test_sh), ("demo.sh", demo_sh)):
-        if "bash scripts/setup.sh" not in script.splitlines():
+        if not any(line.startswith("bash scripts/setup.sh") for line in script.splitlines()):
             problems.append(f"scripts/{name} does not set up (bash scripts/setup.sh) as the README says")
     if not re.search(r"^exec \.venv/bin/python -m pytest .*\"\$@\"$", test_sh, re.M):
         problems.append("scripts/test.sh does not run pytest with the extra arguments")

@@ -267,15 +267,16 @@ def _cudnn_class(shapes: list[tuple]) -> str | None:
     return None
 
 
-def convert_file(src, dst, force: bool = False) -> KerasConversion:
+def convert_file(src, dst, force: bool = False, write_unchanged: bool = False) -> KerasConversion:
     """Convert the Keras HDF5 file `src` to `dst` (.h5/.hdf5, or .keras for Keras 3's format).
 
-    Nothing is written when the file has no CuDNN layer (`changed` is False) or on any error.
+    Nothing is written on any error, nor when the file has no CuDNN layer (`changed` is
+    False) unless write_unchanged (an explicit -o: the user expects the output to exist).
     """
     src, dst = Path(src), Path(dst)
     check_output_path(dst, force, source=src)
     plan = read_plan(src)
-    if not plan.changed:
+    if not plan.changed and not write_unchanged:
         return plan
     if dst.suffix.lower() == ".keras":
         write_keras(plan, src, dst)

@@ -127,10 +127,11 @@ def extract_survey(survey: Survey) -> Extraction:
     Raises UnsupportedError naming the node when a reachable op's configuration or params
     cannot be read; an unreachable one (a tf_keras GPU variant nothing calls) is skipped then.
     """
-    forward = [op for op in survey.ops if op.kind == "forward"]
-    keys = _keys(forward)
+    groups = _same_weights([op for op in survey.ops if op.kind == "forward"])
+    forward = [group[0] for group in groups]
+    keys = [_layer_key(group) or key for group, key in zip(groups, _keys(forward))]
     result = Extraction(survey.source, [], [])
-    for op, key in zip(forward, keys):
+    for op, key, group in zip(forward, keys, groups):
         where = f"{op.where}, node {op.node!r} ({op.op})"
         reason = op.problem or (op.params.why_not if op.params is None or op.params.value is None else None)
         if reason:
@@ -153,6 +154,9 @@ def extract_survey(survey: Survey) -> Extraction:
             notes.append(f"params read with gate order {order}; written in Keras's i, f, c, o")
         if spec.num_dirs == 2 or spec.num_layers > 1:
             notes.append("layer l > 0 takes the concatenated [fw, bw] outputs of layer l - 1")
+        if len(group) > 1:
+            notes.append(f"{len(group) - 1} more op(s) read the same saved variables (tf_keras keeps a GPU variant "
+                         "and gradients of each layer): extracted once, under the variables' layer name")
         result.ops.append(ExtractedOp(key, op, arrays, notes))
     return result
 
@@ -176,6 +180,32 @@ def extract(src: str | os.PathLike, dst: str | os.PathLike, force: bool = False,
     graph_def_file.write_bytes_atomic(dst, buffer.getvalue())
     result.output = str(dst)
     return result
+
+
+def _same_weights(ops: list[FoundOp]) -> list[list[FoundOp]]:
+    """Ops grouped when they read the same saved variables with the same configuration (a
+    tf_keras SavedModel holds one layer's weights in a dozen functions), in first-seen
+    order, each group's reachable op first; every other op is a group of its own."""
+    groups: dict[object, list[FoundOp]] = {}
+    for op in ops:
+        variables = tuple(sorted(op.params.variables)) if op.params is not None and op.params.variables else ()
+        same = (variables, op.forward.spec, op.forward.gate_order) if variables and op.forward else id(op)
+        groups.setdefault(same, []).append(op)
+    return [sorted(group, key=lambda op: not op.reachable_from) for group in groups.values()]
+
+
+def _layer_key(group: list[FoundOp]) -> str | None:
+    """For weights read in several places, the layer their variables belong to
+    ("lstm/lstm_cell/kernel", ".../bias" -> "lstm/lstm_cell"); None for a single op."""
+    if len(group) == 1:
+        return None
+    names = [name.split("/") for name in group[0].params.variables]
+    prefix = []
+    for parts in zip(*names):
+        if len(set(parts)) != 1:
+            break
+        prefix.append(parts[0])
+    return "/".join(prefix) or None
 
 
 def _keys(ops: list[FoundOp]) -> list[str]:

@@ -155,10 +155,23 @@ class Survey:
     def ops(self) -> list[FoundOp]:
         return [op for part in self.parts for op in part.ops]
 
-    def lines(self) -> list[str]:
-        out = [f"{self.source}: {self.kind}, {_plural('cuDNN op', len(self.ops))}"]
-        for op in self.ops:
+    def lines(self, every_op: bool = False) -> list[str]:
+        """The ops that can run, in full; those nothing calls (tf_keras keeps a GPU variant and
+        gradients of every LSTM/GRU) in one summary line, unless every_op."""
+        idle = [op for op in self.ops if not op.reachable_from and not every_op]
+        shown = [op for op in self.ops if op not in idle]
+        head = f"{self.source}: {self.kind}, {_plural('cuDNN op', len(self.ops))}"
+        out = [head + (f" ({len(shown)} that can run)" if idle else "")]
+        for op in shown:
             out += ["  " + line for line in op.lines()]
+        if idle:
+            counts: dict[str, int] = {}
+            for op in idle:
+                counts[op.op] = counts.get(op.op, 0) + 1
+            functions = len({op.where for op in idle})
+            out.append(f"  {_plural('op', len(idle))} in {_plural('function', functions)} that nothing in the model "
+                       f"calls ({', '.join(f'{op} x {n}' for op, n in counts.items())}): they never run, and "
+                       "conversion leaves them as they are (--all lists them)")
         return out
 
     def to_json(self) -> dict:

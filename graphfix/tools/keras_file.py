@@ -44,7 +44,8 @@ class KerasSurvey:
     def ops(self) -> list[keras_h5.LayerChange]:
         return self.plan.layers
 
-    def lines(self) -> list[str]:
+    def lines(self, every_op: bool = False) -> list[str]:
+        """every_op: as Survey.lines takes it; a Keras file's layers all run, so all are listed."""
         kind = "whole model" if self.plan.kind == "model" else "weights only"
         out = [f"{self.plan.source}: Keras HDF5 ({kind}), {len(self.ops)} CuDNN layer(s)"]
         for layer in self.ops:

@@ -123,18 +123,19 @@ class Verification:
 
 def check_ops(original: graph_pb2.GraphDef, converted: graph_pb2.GraphDef, report: Report,
               gate_order: str = gates.CUDNN, saved_dir: Path | None = None, meta=None,
-              seed: int = 0) -> tuple[list[OpCheck], dict]:
+              seed: int = 0, run=None) -> tuple[list[OpCheck], dict]:
     """Check every op the report says was converted (see the module doc).
 
     Returns the checks, and the sizes of placeholders that feed a params input directly
-    (for `run_graph_def`).
+    (for `run_graph_def`). run: how to run one op's graph (`_run`: a TensorFlow Session;
+    `verify_tflite`: LiteRT).
     """
     converted_ops = {(op.where, op.node) for op in report.ops}
     found = [op for op in survey_graph_def(original, gate_order, "", saved_dir, meta)
              if (op.where, op.node) in converted_ops and op.forward is not None]
     by_where = {b.where: b for b in bodies(converted)}
     rng = np.random.default_rng(seed)
-    checks = [check_op(op, by_where[op.where], converted, rng) for op in found]
+    checks = [check_op(op, by_where[op.where], converted, rng, run or _run) for op in found]
     sizes = {}
     for op in found:
         ref = op.forward.params_ref
@@ -144,8 +145,10 @@ def check_ops(original: graph_pb2.GraphDef, converted: graph_pb2.GraphDef, repor
     return checks, sizes
 
 
-def check_op(found: FoundOp, body: Body, converted: graph_pb2.GraphDef, rng: np.random.Generator) -> OpCheck:
-    """Run one converted op (node `found.node` of `body`) and compare it with the reference."""
+def check_op(found: FoundOp, body: Body, converted: graph_pb2.GraphDef, rng: np.random.Generator,
+             run=None) -> OpCheck:
+    """Run one converted op (node `found.node` of `body`) and compare it with the reference.
+    run(graph_def, feeds, fetches) -> values: `_run` (a Session) unless given."""
     fop = found.forward
     spec, dtype = fop.spec, fop.dtype
     np_dtype = dtype.as_numpy_dtype
@@ -173,7 +176,7 @@ def check_op(found: FoundOp, body: Body, converted: graph_pb2.GraphDef, rng: np.
         values = {"x": x, "h": h0, "c": c0, "lengths": lengths, "params": buf}
         feed_dict = {f"{PREFIX}/{name}:0": values[name] for name in feeds}
         fetches = [f"{PREFIX}/op:{i}" for i in range(3 if spec.mode == "lstm" else 2)]
-        got = _run(graph_def, feed_dict, fetches)
+        got = (run or _run)(graph_def, feed_dict, fetches)
     except (tf.errors.OpError, ValueError, KeyError) as exc:
         check.error = _first_line(exc)
         return check

@@ -3,6 +3,9 @@
     plan.py         per op: fused LSTM or static While loop (TfliteTarget)
     fused_lstm.py   the composite LSTM function TFLite's converter fuses
     saved_model.py  the pipeline: rewrite, re-save with a fixed batch, convert (convert_for_tflite)
+    batch_dim.py    which signature input dimension is the batch (reaches a cuDNN op's batch)
+    tf1_freeze.py   TF1 SavedModels frozen after the rewrite (ref variables the saver restores)
+    graph_def_input.py  a frozen GraphDef wrapped as a one-signature SavedModel
 
     from graphfix.targets import tflite
     report = tflite.convert_for_tflite("model_dir", "model_tflite", batch_size=1, tflite_file="m.tflite")

@@ -25,7 +25,7 @@ from graphfix.cudnn.layout import RnnSpec
 from graphfix.targets.cpu import run_direction
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _composite(batch: int, input_size: int, units: int, dtype: tf.DType):
     """The tf.function for one static configuration (cached: one library function per shape)."""
     spec = RnnSpec("lstm", 1, units, input_size, 1, "linear_input", 0)
