@@ -48,7 +48,7 @@ examples:
   python -m graphfix model.pb --verify        # check every converted op, then write
   python -m graphfix legacy.h5                # Keras CuDNNLSTM/CuDNNGRU -> LSTM/GRU: legacy_cpu.h5
   python -m graphfix legacy.h5 -o model.keras # the same, in Keras 3's format
-  python -m graphfix model_dir/ --target tflite --batch-size 1 --tflite model.tflite
+  python -m graphfix model_dir/ --target tflite --batch-size 1   # model_dir_tflite/ + model_dir.tflite
   python -m graphfix model_dir/ --target onnx -o model.onnx   # native ONNX LSTM/GRU (pip install "graphfix[onnx]")
   python -m graphfix inspect model_dir/       # list the cuDNN ops (--json for machines)
   python -m graphfix extract model_dir/ -o weights.npz   # Keras-layout weights
@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "the rest converted by tf2onnx (see docs/onnx.md)")
     parser.add_argument("--batch-size", type=_positive_int, help="--target tflite: the fixed batch size (needed when the "
                                                        "model's signatures leave the batch open)")
-    parser.add_argument("--tflite", metavar="FILE", help="--target tflite: also write the .tflite model")
+    parser.add_argument("--tflite", metavar="FILE", help="--target tflite: where to write the .tflite model "
+                                                         "(default: MODEL.tflite beside the input)")
     parser.add_argument("--no-fused-lstm", action="store_true",
                         help="--target tflite: LSTMs as While loops, not TFLite's fused LSTM (which clips the "
                              "cell state to +-10)")
@@ -253,16 +254,18 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
 def _convert(args) -> int:
     from graphfix import api
     if args.target == "tflite":
+        from pathlib import Path
+
         from graphfix.targets import tflite
         check = None
         if args.verify:  # LiteRT against the numpy reference (graphfix.tools.verify_tflite)
             import functools
-            from pathlib import Path
 
             from graphfix.tools.verify_tflite import verify_tflite
             check = functools.partial(verify_tflite, gate_order=args.gate_order, src=Path(args.model))
+        tflite_file = args.tflite or tflite.default_tflite_file(Path(args.model))
         report = tflite.convert_for_tflite(args.model, args.output, batch_size=args.batch_size,
-                                           tflite_file=args.tflite, force=args.force, gate_order=args.gate_order,
+                                           tflite_file=tflite_file, force=args.force, gate_order=args.gate_order,
                                            fuse_lstm=not args.no_fused_lstm, check=check)
         _print(report.lines(), args.quiet)
         return 0

@@ -233,3 +233,23 @@ def test_open_sequence_length(kind, op, tmp_path):
     got = [{k: np.asarray(v) for k, v in runner(**feeds).items()} for feeds in case.feeds]
     errors = max_errors(got, case.expected)
     assert max(errors.values()) <= ATOL, errors
+
+
+def test_bundled_example_in_one_command(tmp_path):
+    """A first try of the TFLite target: the bundled frozen GraphDef, one command, and the
+    .tflite it writes by default (beside the input) gives Keras's CPU numbers in LiteRT."""
+    import shutil
+
+    from builders.saved_models import REPO
+    example = REPO / "examples"
+    shutil.copy(example / "cudnn_lstm_gru.pb", tmp_path / "cudnn_lstm_gru.pb")
+    proc = run_cli(tmp_path / "cudnn_lstm_gru.pb", "--target", "tflite", "--batch-size", 1)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cudnn_lstm_gru.pb", "cudnn_lstm_gru.tflite",
+                                                          "cudnn_lstm_gru_tflite"]
+    content = (tmp_path / "cudnn_lstm_gru.tflite").read_bytes()
+    assert tflite.tflite_ops(content).count(LSTM_OP) == 2 and WHILE in tflite.tflite_ops(content)
+    data = np.load(example / "cudnn_lstm_gru.npz")
+    for row in range(len(data["x"])):  # 12 steps: |c| stays below the fused op's cell_clip of 10 here
+        (got,) = run_litert(content, {"features": data["x"][row:row + 1]}).values()
+        np.testing.assert_allclose(got, data["expected"][row:row + 1], rtol=0, atol=1e-5)

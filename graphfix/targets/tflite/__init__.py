@@ -13,12 +13,14 @@
 
 from graphfix.targets.tflite.plan import CELL_CLIP, TfliteTarget
 from graphfix.targets.tflite.saved_model import (
-           choose_batch,
-           convert_for_tflite,
-           signature_batch,
-           tflite_ops,
-           to_tflite,
+    choose_batch,
+    convert_for_tflite,
+    default_output,
+    default_tflite_file,
+    signature_batch,
+    tflite_ops,
+    to_tflite,
 )
 
-__all__ = ["CELL_CLIP", "TfliteTarget", "choose_batch", "convert_for_tflite", "signature_batch", "tflite_ops",
-           "to_tflite"]
+__all__ = ["CELL_CLIP", "TfliteTarget", "choose_batch", "convert_for_tflite", "default_output", "default_tflite_file",
+           "signature_batch", "tflite_ops", "to_tflite"]

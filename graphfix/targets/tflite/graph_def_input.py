@@ -4,9 +4,11 @@ The TFLite pipeline works on signatures (which tensors go in, which come out, an
 dimension is the batch), and a GraphDef has none. The signature graphfix gives it::
 
     inputs:  every Placeholder (key: the node name), with its shape attribute
-    outputs: every tensor of an op that nothing consumes (key: "node" or "node:i"), except
-             Const/NoOp nodes and a cuDNN op's reserve_space / host_reserved (outputs 3, 4),
-             which only training reads
+    outputs: every tensor of an op none of whose outputs anything consumes (key: "node" or
+             "node:i"), except Const/NoOp nodes and a cuDNN op's reserve_space /
+             host_reserved (outputs 3, 4), which only training reads. An op that feeds
+             something is not an output (a frozen Keras layer leaves its cuDNN op's final
+             states unused; as outputs they would also keep TFLite from fusing the LSTM)
 
 The report lists both, so a user whose graph has stray unconsumed nodes sees what was taken.
 """
@@ -39,8 +41,9 @@ def wrap_graph_def(src: Path, dst: Path) -> str:
     consumed = {t.name for op in graph.get_operations() for t in op.inputs}
     control_only = {c.name for op in graph.get_operations() for c in op.control_inputs}
     inputs = [op for op in graph.get_operations() if op.type == "Placeholder"]
-    outputs = [t for op in graph.get_operations() if op.type not in SKIPPED_OPS and op.name not in control_only
-               for t in op.outputs if t.name not in consumed and not (is_cudnn(op.type) and t.value_index >= 3)]
+    sinks = [op for op in graph.get_operations() if op.type not in SKIPPED_OPS and op.name not in control_only
+             and not any(t.name in consumed for t in op.outputs)]
+    outputs = [t for op in sinks for t in op.outputs if not (is_cudnn(op.type) and t.value_index >= 3)]
     if not inputs or not outputs:
         raise UnsupportedError(
             f"cannot tell this GraphDef's {'inputs (no Placeholder)' if not inputs else 'outputs'} for a TFLite "

@@ -36,6 +36,7 @@ from graphfix.errors import (
     VerificationError,
 )
 from graphfix.io import graph_def_file, saved_model_dir
+from graphfix.io.output_paths import resolve_output
 from graphfix.report import Report
 from graphfix.targets.tflite import batch_dim, graph_def_input, tf1_freeze
 from graphfix.targets.tflite.plan import TfliteTarget
@@ -86,6 +87,16 @@ def choose_batch(proto, batch_size: int | None, where: str, found: dict | None =
     return batch_size
 
 
+def default_output(src: Path) -> Path:
+    """model_dir/ -> model_dir_tflite/; model.pb -> model_tflite/ (a SavedModel folder beside the input)."""
+    return src.with_name(f"{src.stem if src.is_file() else src.resolve().name}_tflite")
+
+
+def default_tflite_file(src: Path) -> Path:
+    """model_dir/ -> model_dir.tflite; model.pb -> model.tflite (beside the input)."""
+    return src.with_name(f"{src.stem if src.is_file() else src.resolve().name}.tflite")
+
+
 def convert_for_tflite(src, dst=None, batch_size: int | None = None, tflite_file=None, force: bool = False,
                        gate_order: str = gates.CUDNN, fuse_lstm: bool = True, check=None) -> Report:
     """SavedModel `src` -> SavedModel `dst` (default MODEL_tflite/) for the TFLite converter.
@@ -99,8 +110,10 @@ def convert_for_tflite(src, dst=None, batch_size: int | None = None, tflite_file
     Raises GraphfixError, writing nothing, on any refusal.
     """
     src = Path(src)
+    dst = default_output(src) if dst is None else resolve_output(dst, default_output(src), folder_output=True)
+    if tflite_file is not None:
+        tflite_file = resolve_output(tflite_file, default_tflite_file(src), folder_output=False)
     if src.is_file():  # a frozen GraphDef: given the signature graph_def_input.py describes
-        dst = Path(dst) if dst is not None else src.with_name(f"{src.stem}_tflite")
         with tempfile.TemporaryDirectory(prefix="graphfix_graph_def_") as tmp:
             note = graph_def_input.wrap_graph_def(src, Path(tmp) / "model")
             try:
@@ -114,7 +127,6 @@ def convert_for_tflite(src, dst=None, batch_size: int | None = None, tflite_file
         return report
     if not saved_model_dir.is_saved_model_dir(src):
         raise UnsupportedError("the TFLite target takes a SavedModel directory or a frozen GraphDef file", str(src))
-    dst = Path(dst) if dst is not None else src.with_name(f"{src.name.rstrip('/')}_tflite")
     graph_def_file.check_output_path(dst, force, source=src)
     if tflite_file is not None:
         graph_def_file.check_output_path(Path(tflite_file), force, source=src)
@@ -144,8 +156,8 @@ def convert_for_tflite(src, dst=None, batch_size: int | None = None, tflite_file
         if fused and loops:
             report.warnings.append(
                 "this model has both fused LSTMs and While loops: TFLiteConverter.from_saved_model (TF 2.21) "
-                "cannot convert the output with builtins only; use graphfix's --tflite, or "
-                "graphfix.targets.tflite.to_tflite(), which convert through the signature's concrete function")
+                "cannot convert the output folder with builtins only; use the .tflite graphfix writes, or "
+                "graphfix.targets.tflite.to_tflite(folder), which convert through the signature's concrete function")
         content = to_tflite(ready) if tflite_file is not None or check is not None else None
         if check is not None:
             report.verification = check(proto, converted, ready, content, report, batch)
