@@ -16,7 +16,13 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from graphfix import rewrite
 from graphfix.cudnn import gates
-from graphfix.errors import GraphfixError, InputError, UnsupportedError, VerificationError
+from graphfix.errors import (
+    GraphfixError,
+    InputError,
+    UnsupportedError,
+    VerificationError,
+)
+from graphfix.graph.interface import graph_interface, signature_lines
 from graphfix.io import graph_def_file, keras_h5, saved_model_dir
 from graphfix.io.output_paths import resolve_output
 from graphfix.report import Report
@@ -81,6 +87,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force:
     if report.changed or asked:
         graph_def_file.write_graph_def(converted, dst, converted_consts)
         report.output = str(dst)
+        report.interface = graph_interface(converted)
     return report
 
 
@@ -145,5 +152,6 @@ def _convert_saved_model(src: Path, dst, force: bool, gate_order: str = gates.CU
         _require(report, checks.verify_saved_model(src, proto, converted, report, gate_order), src)
     if report.changed or asked:
         saved_model_dir.write_saved_model(src, converted, dst, force)
+        report.interface = signature_lines(converted.meta_graphs)
         report.output = str(dst)
     return report

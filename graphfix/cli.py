@@ -188,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command, args = parse_args(argv)
     _setup_logging(args.debug, args.quiet)
-    from graphfix.errors import GraphfixError  # no TensorFlow import: that comes next, quietly
+    from graphfix.errors import (
+        GraphfixError,  # no TensorFlow import: that comes next, quietly
+    )
 
     try:
         if not args.debug:
@@ -278,10 +280,11 @@ def _convert(args) -> int:
     report = api.convert(args.model, args.output, force=args.force, gate_order=args.gate_order,
                          verify=args.verify)
     if not report.changed:
+        from graphfix.report import plural
         written = (f"wrote it as it is to {report.output} (as -o asked)" if report.output
                    else "nothing written (pass -o to write it anyway)")
         if getattr(report, "left_unchanged", None):
-            print(f"{args.model}: cuDNN ops only in {len(report.left_unchanged)} function(s) that nothing in the "
+            print(f"{args.model}: cuDNN ops only in {plural(len(report.left_unchanged), 'function')} that nothing in the "
                   "model calls (tf_keras keeps GPU variants and gradients so); the model already runs on CPU as "
                   f"it is; nothing to convert; {written}")
         else:

@@ -29,7 +29,7 @@ class ConvertedOp:
         direction = "bidirectional" if self.bidirectional else "unidirectional"
         proj = f", num_proj {self.num_proj}" if self.num_proj else ""
         gates = f", gates {self.gate_order}" if self.gate_order != "ifco" else ""
-        return (f"{self.op} {self.node!r} ({self.where}): {self.mode}{gates}, {self.num_layers} layer(s), "
+        return (f"{self.op} {self.node!r} ({self.where}): {self.mode}{gates}, {plural(self.num_layers, 'layer')}, "
                 f"{direction}, input {self.input_size}, units {self.num_units}{proj}, {self.dtype}, "
                 f"{'time-major' if self.time_major else 'batch-major'}, "
                 f"sequence lengths: {self.sequence_lengths}, params {self.params}")
@@ -49,6 +49,7 @@ class Report:
     removed_nodes: int = 0
     cleared_devices: int = 0
     verification: object = None  # graphfix.tools.verify.Verification, when --verify ran
+    interface: list[str] = dataclasses.field(default_factory=list)  # what the output takes and gives (graph.interface)
 
     @property
     def changed(self) -> bool:
@@ -65,15 +66,15 @@ class Report:
 
     def lines(self) -> list[str]:
         """Human-readable report, one item per line."""
-        out = [f"converted {len(self.ops)} cuDNN RNN op(s) in {self.source}"]
+        out = [f"converted {plural(len(self.ops), 'cuDNN RNN op')} in {self.source}"]
         out += [f"  {op.summary()}" for op in self.ops]
         out += [f"  {h}" for h in self.helpers]
         if self.removed_nodes:
-            out.append(f"  removed {self.removed_nodes} node(s) that only built the old params buffers")
+            out.append(f"  removed {plural(self.removed_nodes, 'node')} that only built the old params buffers")
         if self.cleared_devices:
-            out.append(f"  cleared the GPU device placement of {self.cleared_devices} node(s)")
+            out.append(f"  cleared the GPU device placement of {plural(self.cleared_devices, 'node')}")
         if self.left_unchanged:
-            out.append(f"  left {len(self.left_unchanged)} function(s) with cuDNN ops as they were: nothing in the "
+            out.append(f"  left {plural(len(self.left_unchanged), 'function')} with cuDNN ops as they were: nothing in the "
                        "model calls them, so they never run (tf_keras keeps GPU variants and gradients so):")
             by_ops: dict[str, list[str]] = {}
             for function, ops in self.left_unchanged:
@@ -84,6 +85,12 @@ class Report:
         out += [f"warning: {w}" for w in self.warnings]
         if self.verification is not None:
             out += self.verification.lines()
+        out += [f"  {line}" for line in self.interface]
         if self.output:
             out.append(f"wrote {self.output}")
         return out
+
+
+def plural(count: int, word: str) -> str:
+    """plural(1, "layer") -> "1 layer"; plural(3, "op") -> "3 ops"."""
+    return f"{count} {word}{'' if count == 1 else 's'}"

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from builders.raw_graphs import build, run_graph_def, training_graph_def
 from google.protobuf import text_format
 
 from graphfix.cudnn import layout, reference
 from graphfix.graph.bodies import find_cudnn_nodes
-from builders.raw_graphs import build, run_graph_def, training_graph_def
 
 REPO = Path(__file__).resolve().parent.parent
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}
@@ -218,7 +218,7 @@ def test_binary_input_writes_model_cpu_pb_next_to_it(outcomes, cases):
 def test_report_names_node_and_configuration(outcomes):
     stdout = outcomes["pb"].proc.stdout
     summary = next(line for line in stdout.splitlines() if "'rnn'" in line)
-    for fragment in ("CudnnRNNV3", "lstm", "2 layer(s)", "bidirectional", "input 3", "units 4", "float32",
+    for fragment in ("CudnnRNNV3", "lstm", "2 layers", "bidirectional", "input 3", "units 4", "float32",
                      "batch-major", "sequence lengths: constant"):
         assert fragment in summary, (fragment, summary)
     assert stdout.splitlines()[-1] == "wrote model_cpu.pb"
@@ -231,7 +231,7 @@ def test_text_input_gives_text_output(outcomes, cases):
     graph_def = text_format.Parse((out.folder / "model_cpu.pbtxt").read_text(), tf.compat.v1.GraphDef())
     assert_runs_like_reference(graph_def, cases["gru"], np.float64)
     summary = next(line for line in out.proc.stdout.splitlines() if "'rnn'" in line)
-    for fragment in ("CudnnRNNV2", "gru", "1 layer(s)", "unidirectional", "input 3", "units 5", "float64",
+    for fragment in ("CudnnRNNV2", "gru", "1 layer", "unidirectional", "input 3", "units 5", "float64",
                      "time-major", "sequence lengths: none"):
         assert fragment in summary, (fragment, summary)
     assert "wrote model_cpu.pbtxt" in out.proc.stdout

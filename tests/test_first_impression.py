@@ -34,7 +34,7 @@ def test_cli_first_line_is_graphfix(tmp_path):
     err = proc.stderr.splitlines()
     assert err and err[0].startswith("graphfix: converting CudnnRNNV3 "), proc.stderr
     assert not [line for line in err + proc.stdout.splitlines() if CPP_LOG.search(line)], proc.stderr
-    assert proc.stdout.splitlines()[0].startswith("converted 3 cuDNN RNN op(s) in ")
+    assert proc.stdout.splitlines()[0].startswith("converted 3 cuDNN RNN ops in ")
 
 
 def test_demo_shows_only_graphfix_lines():

@@ -41,6 +41,7 @@ from graphfix.errors import (
 )
 from graphfix.io import keras_config
 from graphfix.io.graph_def_file import check_output_path, write_path_atomic
+from graphfix.report import plural
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 SUFFIXES = (".h5", ".hdf5")
@@ -95,7 +96,7 @@ class KerasConversion:
 
     def lines(self) -> list[str]:
         kind = "whole model" if self.kind == "model" else "weights only"
-        out = [f"converted {len(self.layers)} CuDNN layer(s) in {self.source} (Keras HDF5, {kind})"]
+        out = [f"converted {plural(len(self.layers), 'CuDNN layer')} in {self.source} (Keras HDF5, {kind})"]
         out += [f"  {layer.summary()}" for layer in self.layers]
         out += [f"  note: {note}" for note in self.notes]
         if self.output:

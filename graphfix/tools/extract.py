@@ -33,6 +33,7 @@ import numpy as np
 from graphfix.cudnn import gates, layout
 from graphfix.errors import UnsupportedError
 from graphfix.io import graph_def_file, keras_h5
+from graphfix.report import plural
 from graphfix.tools.inspect import FoundOp, Survey, inspect_model
 from graphfix.tools.keras_file import KerasExtraction, extract_keras
 from graphfix.version import __version__
@@ -83,10 +84,10 @@ class Extraction:
         return out
 
     def lines(self) -> list[str]:
-        out = [f"extracted the weights of {len(self.ops)} cuDNN op(s) from {self.source}"]
+        out = [f"extracted the weights of {plural(len(self.ops), 'cuDNN op')} from {self.source}"]
         for op in self.ops:
             spec = op.found.forward.spec
-            out.append(f"  {op.key}: {KERAS_LAYER[spec.mode]} x {spec.num_layers} layer(s)"
+            out.append(f"  {op.key}: {KERAS_LAYER[spec.mode]} x {plural(spec.num_layers, 'layer')}"
                        f"{', bidirectional' if spec.num_dirs == 2 else ''}, units {spec.num_units}, "
                        f"input {spec.input_size}; params {op.found.params_source}")
             for key in sorted(op.arrays):
@@ -155,7 +156,7 @@ def extract_survey(survey: Survey) -> Extraction:
         if spec.num_dirs == 2 or spec.num_layers > 1:
             notes.append("layer l > 0 takes the concatenated [fw, bw] outputs of layer l - 1")
         if len(group) > 1:
-            notes.append(f"{len(group) - 1} more op(s) read the same saved variables (tf_keras keeps a GPU variant "
+            notes.append(f"{plural(len(group) - 1, 'more op')} read the same saved variables (tf_keras keeps a GPU variant "
                          "and gradients of each layer): extracted once, under the variables' layer name")
         result.ops.append(ExtractedOp(key, op, arrays, notes))
     return result

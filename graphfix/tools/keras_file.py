@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from graphfix.io import graph_def_file, keras_h5
+from graphfix.report import plural
 from graphfix.version import __version__
 
 MANIFEST = "__manifest__"
@@ -47,7 +48,7 @@ class KerasSurvey:
     def lines(self, every_op: bool = False) -> list[str]:
         """every_op: as Survey.lines takes it; a Keras file's layers all run, so all are listed."""
         kind = "whole model" if self.plan.kind == "model" else "weights only"
-        out = [f"{self.plan.source}: Keras HDF5 ({kind}), {len(self.ops)} CuDNN layer(s)"]
+        out = [f"{self.plan.source}: Keras HDF5 ({kind}), {plural(len(self.ops), 'CuDNN layer')}"]
         for layer in self.ops:
             out.append(f"  {layer.summary()}")
             out.append(f"    weights in {layer.group}: {', '.join(layer.old_names)}")
@@ -79,7 +80,7 @@ class KerasExtraction:
         return out
 
     def lines(self) -> list[str]:
-        out = [(f"extracted the weights of {len(self.ops)} CuDNN layer(s) from {self.source}, in the CPU "
+        out = [(f"extracted the weights of {plural(len(self.ops), 'CuDNN layer')} from {self.source}, in the CPU "
                 "layers' layout (set_weights order: kernel, recurrent_kernel, bias)")]
         for layer in self.ops:
             out.append(f"  {layer.summary()}")

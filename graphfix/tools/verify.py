@@ -42,7 +42,7 @@ from graphfix import rewrite
 from graphfix.cudnn import gates, layout, reference
 from graphfix.graph.bodies import Body, bodies, reachable_functions
 from graphfix.io import saved_model_dir
-from graphfix.report import Report
+from graphfix.report import Report, plural
 from graphfix.tools.inspect import FoundOp, survey_graph_def
 
 TOLERANCE = {"float16": 1e-2, "bfloat16": 5e-2, "float32": 1e-5, "float64": 1e-10}
@@ -103,7 +103,7 @@ class Verification:
         return all(c.ok for c in self.checks) and all(r.ok for r in self.runs)
 
     def lines(self) -> list[str]:
-        out = [f"verify: {len(self.checks)} op(s) against the numpy reference of cuDNN, on CPU"]
+        out = [f"verify: {plural(len(self.checks), 'op')} against the numpy reference of cuDNN, on CPU"]
         out += [f"  {c.line()}" for c in self.checks]
         out += [f"  {r.line()}" for r in self.runs]
         largest = max((c.max_abs for c in self.checks if c.error is None), default=None)

@@ -16,14 +16,14 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from builders.raw_graphs import build, run_graph_def
+from builders.tool_models import KERAS3_SHAPE, keras3_lstm_gru, run_cli, save_keras3_lstm_gru, to_ifoc
 
 import graphfix
 from graphfix.cudnn import layout
 from graphfix.errors import UnsupportedError
 from graphfix.tools.extract import MANIFEST, extract_survey, keras_weights
-from graphfix.tools.inspect import Survey, Part, survey_graph_def
-from builders.raw_graphs import build, run_graph_def
-from builders.tool_models import KERAS3_SHAPE, keras3_lstm_gru, run_cli, save_keras3_lstm_gru, to_ifoc
+from graphfix.tools.inspect import Part, Survey, survey_graph_def
 
 
 def _extract(graph_def, gate_order="ifco"):
@@ -74,6 +74,16 @@ def test_skip_input_gets_identity_kernels_and_projection_is_kept():
     (out,) = keras_weights(spec, layout.unpack(buf, spec))
     np.testing.assert_array_equal(out["projection"], _piece(buf, spec, "P", 0, 0, 0).T)
     assert out["recurrent_kernel"].shape == (2, 20)
+
+
+def test_num_proj_equal_to_units_is_extracted_without_projection():
+    """[CudnnRNNV3 num_proj=4] over a 4-unit LSTM: TensorFlow does not project, so neither does extract."""
+    spec = layout.RnnSpec("lstm", 1, 4, 3, 1)
+    case = build(spec, num_proj=4)
+    (op,) = _extract(case.graph_def).ops
+    assert op.manifest()["num_proj"] == 0 and not any(k.endswith("projection") for k in op.arrays)
+    np.testing.assert_array_equal(op.arrays["rnn/layer0/fw/recurrent_kernel"][:, :4],
+                                  _piece(case.buffer, spec, "R", 0, 0, 0).T)
 
 
 def _keras_stack(mode, spec, steps, weights):
@@ -157,7 +167,7 @@ def test_cli_extract_saved_model_variables(saved):
     root, weights, runs = saved
     proc = runs["extract"]
     assert proc.returncode == 0, proc.stderr
-    assert "extracted the weights of 2 cuDNN op(s) from k3" in proc.stdout and "wrote weights.npz" in proc.stdout
+    assert "extracted the weights of 2 cuDNN ops from k3" in proc.stdout and "wrote weights.npz" in proc.stdout
     data = np.load(root / "weights.npz")
     manifest = json.loads(str(data[MANIFEST]))
     layers = {op["mode"]: op for op in manifest["ops"]}
@@ -197,8 +207,9 @@ def test_cli_extract_refuses_existing_output(saved):
 def test_readme_example_rebuilds_the_bundled_model(tmp_path, monkeypatch):
     """The extract example in docs/tools.md (linked from the README), run as written, matches
     the converted example's GRU state."""
-    from graphfix.tools.extract import extract
     from builders.tool_models import REPO
+
+    from graphfix.tools.extract import extract
 
     doc = (REPO / "docs" / "tools.md").read_text()
     block = doc.split("<!-- extract-example -->\n```python\n", 1)[1].split("```", 1)[0]

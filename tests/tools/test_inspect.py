@@ -14,11 +14,11 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from builders.raw_graphs import build
+from builders.tool_models import run_cli, save_keras3_lstm_gru
 
 from graphfix.cudnn import layout
 from graphfix.tools.inspect import inspect_model, survey_graph_def
-from builders.raw_graphs import build
-from builders.tool_models import run_cli, save_keras3_lstm_gru
 
 
 def _one(graph_def, **kwargs):
@@ -188,7 +188,7 @@ def test_cli_model_named_inspect_is_converted_when_given_as_path(cli_runs):
     root, runs = cli_runs
     proc = runs["named_inspect"]
     assert proc.returncode == 0, proc.stderr
-    assert "converted 1 cuDNN RNN op(s) in inspect" in proc.stdout
+    assert "converted 1 cuDNN RNN op in inspect" in proc.stdout
     converted = tf.compat.v1.GraphDef.FromString((root / "converted.pb").read_bytes())
     assert [n.op for n in converted.node if n.name == "rnn"] == ["PartitionedCall"]
     assert not any(n.op.startswith("Cudnn") for n in converted.node)

@@ -14,13 +14,13 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from builders.raw_graphs import build, run_graph_def
+from builders.tool_models import REPO, run_cli, save_keras3_lstm_gru, to_ifoc
+from test_inspect import _function_graph
 
 import graphfix
 from graphfix.cudnn import gates, layout, reference
 from graphfix.tools import verify
-from builders.raw_graphs import build, run_graph_def
-from test_inspect import _function_graph
-from builders.tool_models import REPO, run_cli, save_keras3_lstm_gru, to_ifoc
 
 EXAMPLE = REPO / "examples" / "cudnn_lstm_gru.pb"
 
@@ -35,6 +35,7 @@ def _verified(case_graph_def, gate_order="ifco"):
     (dict(spec=layout.RnnSpec("gru", 1, 5, 3, 1), op="CudnnRNNV2", dtype=np.float64), "float64"),
     (dict(spec=layout.RnnSpec("lstm", 2, 3, 3, 1), dtype=np.float16, params_source="concat"), "float16"),
     (dict(spec=layout.RnnSpec("lstm", 1, 6, 3, 2, num_proj=4), params_source="canonical"), "float32"),
+    (dict(spec=layout.RnnSpec("lstm", 1, 4, 3, 1), num_proj=4), "float32"),  # num_proj == units: no projection
     (dict(spec=layout.RnnSpec("rnn_relu", 3, 4, 4, 1, "skip_input"), op="CudnnRNN"), "float32"),
     (dict(spec=layout.RnnSpec("gru", 2, 8, 3, 2), dtype=tf.bfloat16.as_numpy_dtype), "bfloat16"),
 ])
@@ -96,7 +97,7 @@ def test_gates_module_maps_rocm_pieces_by_known_indices_without_tensorflow():
     gru = layout.RnnSpec("gru", 1, 3, 2)
     assert not gates.applies(gru, "ifoc") and gates.applies(spec, "ifoc")
     code = ("import sys; sys.modules['tensorflow'] = None; import numpy as np; "
-            "from graphfix import gates, layout; s = layout.RnnSpec('lstm', 1, 2, 2); "
+            "from graphfix.cudnn import gates, layout; s = layout.RnnSpec('lstm', 1, 2, 2); "
             "print(gates.to_cudnn_order(np.arange(layout.params_size(s)), s, 'ifoc')[8:16].tolist())")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -164,7 +165,7 @@ def test_cli_verify_example(cli_runs):
     proc = runs["example"]
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    start = lines.index("verify: 3 op(s) against the numpy reference of cuDNN, on CPU")
+    start = lines.index("verify: 3 ops against the numpy reference of cuDNN, on CPU")
     checks = lines[start + 1:start + 4]
     assert all(line.startswith("  ok   CudnnRNNV3 'model/") and "float32: max abs error" in line
                and "(tolerance 1e-05), max rel error" in line and "params the model's (constant)" in line
@@ -203,7 +204,7 @@ def test_cli_verify_gate_order_ifoc(cli_runs):
     root, case, runs = cli_runs
     proc = runs["rocm"]
     assert proc.returncode == 0, proc.stderr
-    assert "lstm, gates ifoc, 2 layer(s)" in proc.stdout and "verify passed" in proc.stdout
+    assert "lstm, gates ifoc, 2 layers" in proc.stdout and "verify passed" in proc.stdout
     converted = tf.compat.v1.GraphDef.FromString((root / "rocm_cpu.pb").read_bytes())
     spec = case.spec
     B, LD = case.x.shape[1], spec.num_layers * spec.num_dirs

@@ -26,6 +26,7 @@ import numpy as np
 
 from graphfix.cudnn import gates, layout
 from graphfix.errors import UnsupportedError
+from graphfix.report import plural
 
 ONNX_OP = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
 # For each mode: ONNX's gates as indices into cuDNN's gate order.
@@ -77,7 +78,7 @@ class OnnxRnn:
 
     def summary(self) -> str:
         D = self.spec.num_dirs
-        return (f"ONNX: {self.op} {self.node!r} -> {self.spec.num_layers} {self.onnx_op} node(s)"
+        return (f"ONNX: {self.op} {self.node!r} -> {plural(self.spec.num_layers, self.onnx_op + ' node')}"
                 f"{' (bidirectional)' if D == 2 else ''}"
                 f"{', sequence_lens' if self.has_lengths else ''}"
                 f"{', no sequence_lens (every length >= the step count)' if self.lengths_dropped else ''}"
