@@ -40,7 +40,10 @@ class RnnSpec:
     num_layers: L.  num_units: H.  input_size: I.
     num_dirs: D, 1 (unidirectional) or 2 (bidirectional).
     input_mode: "linear_input" or "skip_input" ("auto_select" is resolved by `resolve_input_mode`).
-    num_proj: projection size of an LSTM's hidden state, 0 for none.
+    num_proj: projection size of an LSTM's hidden state, 0 for none. As the op attribute it is
+    written with, num_proj == num_units means no projection and is stored as 0: TensorFlow
+    projects only when `hidden_size < cell_size` (stream_executor ``cuda_dnn.cc``,
+    ``CudnnRnnDescriptor::Create``), so every reader of the attribute gets the same layout.
     """
 
     mode: str
@@ -65,6 +68,13 @@ class RnnSpec:
             raise LayoutError(f"input_size must be >= 0, got {self.input_size}")
         if self.num_proj < 0 or (self.num_proj and self.mode != "lstm"):
             raise LayoutError(f"num_proj={self.num_proj} is only valid for lstm (mode {self.mode!r})")
+        if self.num_proj > self.num_units:
+            # TensorFlow's forward ops reject an input_h wider than input_c; its ParamsSize
+            # would silently size a num_proj-unit LSTM. Neither is a layout to guess at.
+            raise LayoutError(f"num_proj={self.num_proj} is larger than num_units={self.num_units}; "
+                              "cuDNN projects only to a smaller size")
+        if self.num_proj == self.num_units:
+            object.__setattr__(self, "num_proj", 0)  # not a projection (see the docstring)
         if self.input_mode == "skip_input" and self.input_size != self.num_units:
             raise LayoutError(
                 f"skip_input needs input_size == num_units, got {self.input_size} != {self.num_units}")

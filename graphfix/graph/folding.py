@@ -135,6 +135,8 @@ def _run_subgraph(body: Body, names: list[str], substitutes: dict, ref: TensorRe
             continue
         node.CopyFrom(body.node(name))
         node.device = ""
+        if "_class" in node.attr:  # colocation may name a node outside the ancestry: placement is moot here
+            del node.attr["_class"]
         del node.input[:]
         for text in body.node(name).input:
             r = body.parse_input(text)

@@ -39,12 +39,21 @@ class Context:
         return self._traced[key]
 
     def add_function(self, traced: TracedFunction) -> None:
-        existing = {f.signature.name for f in self.graph_def.library.function}
-        clash = [f.signature.name for f in traced.function_defs if f.signature.name in existing]
+        """Add the traced FunctionDefs to the library, or reuse the same ones already there.
+
+        graphfix names functions after the node path plus a digest of their configuration,
+        so two nodes whose paths sanitize alike ("a/b", "a_b") and share a configuration
+        get the same, identical function: it is reused. A different function under such a
+        name is what a model converted by an earlier graphfix holds, and is refused.
+        """
+        existing = {f.signature.name: f for f in self.graph_def.library.function}
+        new = [f for f in traced.function_defs if f.signature.name not in existing]
+        clash = [f.signature.name for f in traced.function_defs if f.signature.name in existing
+                 and not _same_function(existing[f.signature.name], f)]
         if clash:
-            raise GraphfixError(f"function name {clash[0]!r} already exists in the library; "
-                                "was this model converted by graphfix already?")
-        self.graph_def.library.function.extend(traced.function_defs)
+            raise GraphfixError(f"function name {clash[0]!r} already exists in the library with a "
+                                "different body; was this model converted by graphfix already?")
+        self.graph_def.library.function.extend(new)
 
     def shape_graph(self) -> tf.Graph:
         """The input graph imported once (no kernels needed) for static shape inference."""
@@ -53,3 +62,7 @@ class Context:
             with self._shape_graph.as_default():
                 tf.graph_util.import_graph_def(self.graph_def, name="")
         return self._shape_graph
+
+
+def _same_function(a, b) -> bool:
+    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)

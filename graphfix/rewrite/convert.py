@@ -7,6 +7,7 @@ The pipeline, per body (the graph, then each library function that can run)::
                           -> fold or slice params -> splice a call under the node's name
     prune the pure nodes that only built folded params buffers
     each helper op:       HELPER_HANDLERS[op] (Const, concat, slices)
+    drop colocation constraints (`_class: loc:@X`) naming a node that was removed
     check: no cuDNN op left
 
 The rewrite is given its target (`graphfix.targets`) and never imports one.
@@ -36,7 +37,7 @@ from graphfix.rewrite.context import Context
 from graphfix.rewrite.forward_op import FORWARD_OPS, Shapes
 from graphfix.rewrite.helper_ops import HELPER_HANDLERS
 from graphfix.rewrite.replace_forward import convert_forward
-from graphfix.rewrite.splice import prune_dead
+from graphfix.rewrite.splice import drop_colocation_with, prune_dead
 from graphfix.rewrite.target import Target
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,12 @@ def convert_detached(graph_def: graph_pb2.GraphDef, consts: ConstStore | None, t
 
 
 def _rewrite_body(ctx: Context, body: Body) -> None:
+    before = {n.name for n in body.nodes}
+    _replace_ops(ctx, body)
+    drop_colocation_with(body, before - {n.name for n in body.nodes})
+
+
+def _replace_ops(ctx: Context, body: Body) -> None:
     shapes = Shapes(ctx.shape_graph, body)
     folder = Folder(body)
     folded_params: list[TensorRef] = []

@@ -32,6 +32,7 @@ def _spec_from_size_inputs(body, node, folder: Folder, where: str) -> layout.Rnn
     layers, units, input_size = values
     direction = node_attr(node, "direction")
     try:
+        # RnnSpec applies TensorFlow's projection rule: num_proj == num_units is no projection.
         return layout.RnnSpec(node_attr(node, "rnn_mode"), layers, units, input_size,
                               2 if direction == "bidirectional" else 1,
                               layout.resolve_input_mode(node_attr(node, "input_mode"), input_size, units),
@@ -62,6 +63,7 @@ def _convert_canonical_to_params(ctx, body, node, shapes, folder):
     pieces_in = body.data_inputs(node)[3:]
     part_shapes = [shapes.input_shape(node.name, 3 + i) for i in range(len(pieces_in))]
     dtype = node_attr(node, "T")
+    _check_canonical_sizes(body, node, folder, part_shapes)
     traced = trace_canonical_to_params(
         [s if s.rank is not None else None for s in part_shapes], dtype,
         function_name(body, node, (part_shapes, dtype)))
@@ -73,24 +75,63 @@ def _convert_canonical_to_params(ctx, body, node, shapes, folder):
     ctx.report.helpers.append(f"{op} {node.name!r} ({body.where}) -> in-graph concat")
 
 
+def _check_canonical_sizes(body, node, folder: Folder, part_shapes) -> None:
+    """Refuse pieces whose total size is not the buffer the op's configuration needs.
+
+    The concat itself needs no configuration, so this runs only when the sizes are
+    constant and every piece's shape is static; TensorFlow's kernel checks each piece
+    against cuDNN's regions (RestoreParams), and a wrong total can never pass there.
+    """
+    if not all(folder.fold(ref) is not None for ref in body.data_inputs(node)[:3]):
+        return
+    counts = [s.num_elements() if s.rank is not None else None for s in part_shapes]
+    if any(c is None for c in counts):
+        return
+    where = node_where(body, node)
+    spec = _spec_from_size_inputs(body, node, folder, where)
+    if sum(counts) != layout.params_size(spec):
+        raise LayoutError(f"the pieces hold {sum(counts)} elements, but {layout.describe(spec)} "
+                          f"(attrs {_attrs_text(node)}) needs {layout.params_size(spec)}", where)
+
+
 def _convert_params_to_canonical(ctx, body, node, shapes, folder):
     where = node_where(body, node)
     op = node.op
     spec = _spec_from_size_inputs(body, node, folder, where)
     dtype = node_attr(node, "T")
+    n_weights, n_biases = (len(s) for s in layout.canonical_shapes(spec))
+    if "num_params" in node.attr:  # V1: num_params weight matrices and num_params bias vectors
+        if spec.input_mode == "skip_input":
+            # TensorFlow's kernel (core/kernels/cudnn_rnn_ops.cc, CudnnRNNParamsToCanonical)
+            # wants num_params == cuDNN's weight regions, 2 * gates per pseudo-layer including
+            # layer 0's absent input matrices, then CHECK-fails on those regions' sizes; any
+            # other num_params is refused there. No value has a defined output.
+            raise UnsupportedError(
+                f"attribute input_mode={node_attr(node, 'input_mode')} ({spec.input_mode} for input_size "
+                f"{spec.input_size}, num_units {spec.num_units}) with num_params={node.attr['num_params'].i}: "
+                f"layer 0 has no input weights, so its {n_weights} weights and {n_biases} biases cannot "
+                "be listed as num_params of each, and TensorFlow's own kernel fails on this op; "
+                "use CudnnRNNParamsToCanonicalV2 (num_params_weights, num_params_biases)", where)
+        declared = (node.attr["num_params"].i, node.attr["num_params"].i)
+    else:
+        declared = (node.attr["num_params_weights"].i, node.attr["num_params_biases"].i)
+    if declared != (n_weights, n_biases):
+        raise LayoutError(f"the op declares {declared[0]} weights and {declared[1]} biases, but "
+                          f"{layout.describe(spec)} (attrs {_attrs_text(node)}) has {n_weights} and {n_biases}",
+                          where)
     traced = trace_params_to_canonical(
         spec, dtype, function_name(body, node, (spec, dtype)))
-    expected = len(traced.output_types)
-    declared = (node.attr["num_params"].i * 2 if "num_params" in node.attr
-                else node.attr["num_params_weights"].i + node.attr["num_params_biases"].i)
-    if declared != expected:
-        raise LayoutError(f"the op declares {declared} canonical tensors, but {layout.describe(spec)} has "
-                          f"{expected}", where)
     ctx.add_function(traced)
     controls = [i for i in node.input if i.startswith("^")]
     body.rewrite_output_refs(node.name)
     replace_with_call(node, traced, [node.input[3]], controls)
     ctx.report.helpers.append(f"{op} {node.name!r} ({body.where}) -> in-graph slices")
+
+
+def _attrs_text(node) -> str:
+    """E.g. 'rnn_mode=lstm, direction=unidirectional, input_mode=linear_input, num_proj=8' (V1 has no num_proj)."""
+    values = {name: node_attr(node, name) for name in ("rnn_mode", "direction", "input_mode", "num_proj")}
+    return ", ".join(f"{name}={value}" for name, value in values.items() if value is not None)
 
 
 HELPER_HANDLERS = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 from graphfix.cudnn import gates, weights
 from graphfix.errors import UnsupportedError
 from graphfix.graph.bodies import Body, TensorRef
+from graphfix.graph.consumers import uses
 from graphfix.graph.folding import Folder
 from graphfix.report import ConvertedOp
 from graphfix.rewrite.context import Context
@@ -29,7 +30,7 @@ TRAINING_OUTPUTS = {3: "reserve_space", 4: "host_reserved"}
 
 def convert_forward(ctx: Context, body: Body, node, shapes: Shapes, folder: Folder) -> TensorRef | None:
     """Replace one CudnnRNN/V2/V3 node, as ctx.target emits it. Returns the params ref when it was folded."""
-    _refuse_training_consumers(body, node, node_where(body, node))
+    _refuse_training_consumers(ctx.graph_def, body, node, node_where(body, node))
     fop = read_forward_op(body, node, shapes, folder, ctx.gate_order)
     ctx.report.warnings += fop.warnings
     spec, dtype, target = fop.spec, fop.dtype, ctx.target
@@ -45,8 +46,7 @@ def convert_forward(ctx: Context, body: Body, node, shapes: Shapes, folder: Fold
         unpack = ctx.function(("unpack", spec, dtype, fop.gate_order),
                               lambda: target.trace_params_unpack(spec, dtype, fname + "_unpack_params",
                                                                      fop.gate_order))
-        unpack_name = f"{node.name}/graphfix/unpack_params"
-        add_call(body, unpack_name, unpack, [node.input[3]], [])
+        unpack_name = add_call(body, f"{node.name}/graphfix/unpack_params", unpack, [node.input[3]], []).name
         weight_refs = [body.format_ref(unpack_name, i) for i in range(len(unpack.output_types))]
         params_note = f"sliced in-graph ({fop.params_why_not})"
 
@@ -66,10 +66,14 @@ def convert_forward(ctx: Context, body: Body, node, shapes: Shapes, folder: Fold
     return fop.params_ref if fop.params is not None else None
 
 
-def _refuse_training_consumers(body: Body, node, where: str) -> None:
-    users = [f"{n.name!r} ({n.op})" for n, _, ref in body.consumers(node.name) if ref.index in TRAINING_OUTPUTS]
-    users += [f"function output {key!r}" for key, ref in body.output_refs()
-              if ref is not None and ref.node == node.name and ref.index in TRAINING_OUTPUTS]
+def _refuse_training_consumers(graph_def, body: Body, node, where: str) -> None:
+    """Refuse when anything uses reserve_space/host_reserved, which only cuDNN's backward pass can.
+
+    A function that merely returns them (a tf.function returning the raw op's whole tuple)
+    is not training: its callers are looked at instead (`graph.consumers.uses`), and the
+    converted op returns dummies there.
+    """
+    users = uses(graph_def, body, node.name, TRAINING_OUTPUTS)
     if users:
         raise UnsupportedError(
             "this is a training graph: the reserve_space/host_reserved outputs, which only cuDNN's "

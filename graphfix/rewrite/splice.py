@@ -2,6 +2,7 @@
 
 New names derive from the replaced node (`{node}/graphfix/layer0_fw_kernel`, function
 `graphfix_{node path}_{config digest}`), so the same input always gives the same output.
+A node name the input already uses gets a numbered suffix (`unique_name`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import numpy as np
 import tensorflow as tf
 
 from graphfix.cudnn import weights
-from graphfix.errors import GraphfixError
 from graphfix.graph.bodies import Body, FunctionBody, TensorRef
 from graphfix.graph.folding import CANONICAL_TO_PARAMS, PURE_OPS
 from graphfix.graph.traced import TracedFunction, function_name_for
@@ -53,9 +53,18 @@ def add_weight_consts(body: Body, node_name: str, values: list[np.ndarray], spec
 
 
 def unique_name(body: Body, name: str) -> str:
+    """`name`, or the first free of `name_1`, `name_2`, ... when the body already holds it.
+
+    The body's own nodes come first and new nodes are added in a fixed order, so the
+    choice depends only on the input. (Whether a model was converted already is told by
+    its library functions, named with a digest of their configuration: `Context.add_function`.)
+    """
     if body.node(name) is None:
         return name
-    raise GraphfixError(f"node name {name!r} already exists; was this model converted by graphfix already?")
+    suffix = 1
+    while body.node(f"{name}_{suffix}") is not None:
+        suffix += 1
+    return f"{name}_{suffix}"
 
 
 def _set_call_attrs(node, traced: TracedFunction) -> None:
@@ -117,3 +126,27 @@ def prune_dead(body: Body, roots: list[TensorRef]) -> int:
 def _input_node(text: str) -> str:
     """The node (or function argument) an input string reads, in either body format."""
     return text.lstrip("^").split(":")[0]
+
+
+def drop_colocation_with(body: Body, removed: set[str]) -> int:
+    """Delete `loc:@X` entries of `_class` attributes for X in `removed`; returns how many.
+
+    Frozen graphs keep colocation constraints; one naming a node the conversion removed
+    makes TensorFlow refuse the graph ("expects to be colocated with unknown node").
+    Colocation only guides placement, and a CPU graph has one place.
+    """
+    dropped = 0
+    for node in body.nodes:
+        if "_class" not in node.attr:
+            continue
+        entries = list(node.attr["_class"].list.s)
+        keep = [e for e in entries if not (e.startswith(b"loc:@") and e[5:].decode(errors="replace") in removed)]
+        if len(keep) == len(entries):
+            continue
+        dropped += len(entries) - len(keep)
+        if keep:
+            del node.attr["_class"].list.s[:]
+            node.attr["_class"].list.s.extend(keep)
+        else:
+            del node.attr["_class"]
+    return dropped

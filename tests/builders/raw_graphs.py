@@ -36,8 +36,13 @@ class RawCase:
 
 def build(spec: layout.RnnSpec, op="CudnnRNNV3", dtype=np.float32, time_major=True, lengths=None,
           lengths_fed=False, params_source="const", batch=3, steps=5, input_mode=None, seed=0,
-          is_training=False, dropout=0.0, feed_states=True) -> RawCase:
-    """params_source: const | concat (Keras-style subgraph) | canonical (CanonicalToParams) | fed."""
+          is_training=False, dropout=0.0, feed_states=True, num_proj=None) -> RawCase:
+    """params_source: const | concat (Keras-style subgraph) | canonical (CanonicalToParams) | fed.
+
+    num_proj: the V3 attribute as written, when it differs from spec.num_proj (num_units
+    itself, which TensorFlow reads as no projection and RnnSpec stores as 0).
+    """
+    num_proj = spec.num_proj if num_proj is None else num_proj
     rng = np.random.default_rng(seed)
     n = layout.params_size(spec)
     buf = (rng.standard_normal(n) * 0.4).astype(dtype)
@@ -63,7 +68,7 @@ def build(spec: layout.RnnSpec, op="CudnnRNNV3", dtype=np.float32, time_major=Tr
             h0, c0 = np.zeros_like(h0), np.zeros_like(c0)
             h_in = tf.zeros([LD, batch, spec.hidden_size] if time_major else [batch, LD, spec.hidden_size], tf_dtype)
             c_in = tf.zeros([LD, batch, spec.num_units] if time_major else [batch, LD, spec.num_units], tf_dtype)
-        params = _params(spec, buf, params_source, tf_dtype, feeds)
+        params = _params(spec, buf, params_source, tf_dtype, feeds, num_proj)
         kwargs = dict(input=x_in, input_h=h_in, input_c=c_in, params=params, rnn_mode=spec.mode,
                       input_mode=input_mode or spec.input_mode,
                       direction="bidirectional" if spec.num_dirs == 2 else "unidirectional",
@@ -76,10 +81,10 @@ def build(spec: layout.RnnSpec, op="CudnnRNNV3", dtype=np.float32, time_major=Tr
                 feeds["seq:0"] = lengths
             else:
                 seq = tf.constant(lengths, tf.int32, name="seq")
-            outs = tf.raw_ops.CudnnRNNV3(sequence_lengths=seq, num_proj=spec.num_proj,
+            outs = tf.raw_ops.CudnnRNNV3(sequence_lengths=seq, num_proj=num_proj,
                                          time_major=time_major, **kwargs)
         else:
-            assert time_major and lengths is None and not spec.num_proj
+            assert time_major and lengths is None and not num_proj
             outs = getattr(tf.raw_ops, op)(**kwargs)
         for i, t in enumerate(outs[:3]):
             tf.identity(t, name=f"out{i}")
@@ -88,7 +93,54 @@ def build(spec: layout.RnnSpec, op="CudnnRNNV3", dtype=np.float32, time_major=Tr
     return RawCase(graph.as_graph_def(), spec, buf, feeds, fetches, x, h0, c0, lengths, time_major)
 
 
-def _params(spec, buf, source, tf_dtype, feeds):
+def build_returning(spec: layout.RnnSpec, op="CudnnRNNV3", returned=(0, 1, 2, 3, 4), used=(0,), nested=False,
+                    batch=2, steps=4, seed=0) -> RawCase:
+    """The op inside a tf.function that returns some of its outputs; the graph uses some of those.
+
+        function inner(x, h, c): params (Const) --> [op "rnn"] --Identity--> ret: outputs `returned`
+        function outer(x, h, c): inner's results, returned as they are         (nested=True only)
+        graph: x, input_h, input_c --> [StatefulPartitionedCall "call"] --> out{i} (Identity), i in `used`
+
+    returned, used: indices of the op's outputs (3: reserve_space, 4: host_reserved); used <= returned.
+    fetches: out{i} for the used outputs 0..2 (output_c only for LSTM).
+    """
+    rng = np.random.default_rng(seed)
+    buf = (rng.standard_normal(layout.params_size(spec)) * 0.4).astype(np.float32)
+    LD = spec.num_layers * spec.num_dirs
+    x = rng.standard_normal((steps, batch, spec.input_size)).astype(np.float32)
+    h0 = (rng.standard_normal((LD, batch, spec.hidden_size)) * 0.5).astype(np.float32)
+    c0 = (rng.standard_normal((LD, batch, spec.num_units)) * 0.5).astype(np.float32)
+    kwargs = dict(rnn_mode=spec.mode, input_mode=spec.input_mode, is_training=False,
+                  direction="bidirectional" if spec.num_dirs == 2 else "unidirectional")
+
+    @tf.function(autograph=False)
+    def inner(x, h, c):
+        params = tf.constant(buf, name="opaque_kernel")
+        if op == "CudnnRNNV3":
+            outs = tf.raw_ops.CudnnRNNV3(input=x, input_h=h, input_c=c, params=params, num_proj=spec.num_proj,
+                                         sequence_lengths=tf.fill([batch], steps), name="rnn", **kwargs)
+        else:
+            outs = getattr(tf.raw_ops, op)(input=x, input_h=h, input_c=c, params=params, name="rnn", **kwargs)
+        return tuple(outs[i] for i in returned)
+
+    @tf.function(autograph=False)
+    def outer(x, h, c):
+        return inner(x, h, c)
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x_in = tf.compat.v1.placeholder(tf.float32, x.shape, name="x")
+        h_in = tf.compat.v1.placeholder(tf.float32, h0.shape, name="input_h")
+        c_in = tf.compat.v1.placeholder(tf.float32, c0.shape, name="input_c")
+        results = (outer if nested else inner)(x_in, h_in, c_in)
+        for i in used:
+            tf.identity(results[list(returned).index(i)], name=f"out{i}")
+    fetches = [f"out{i}:0" for i in used if i < 2 or (i == 2 and spec.mode == "lstm")]
+    feeds = {"x:0": x, "input_h:0": h0, "input_c:0": c0}
+    return RawCase(graph.as_graph_def(), spec, buf, feeds, fetches, x, h0, c0, None, True)
+
+
+def _params(spec, buf, source, tf_dtype, feeds, num_proj):
     if source == "const":
         return tf.constant(buf, name="params")
     if source == "fed":
@@ -112,8 +164,8 @@ def _params(spec, buf, source, tf_dtype, feeds):
         kwargs = dict(num_layers=spec.num_layers, num_units=spec.num_units, input_size=spec.input_size,
                       weights=ws, biases=bs, rnn_mode=spec.mode, input_mode=spec.input_mode,
                       direction="bidirectional" if spec.num_dirs == 2 else "unidirectional", name="params")
-        if spec.num_proj:
-            return tf.raw_ops.CudnnRNNCanonicalToParamsV2(num_proj=spec.num_proj, **kwargs)
+        if num_proj:
+            return tf.raw_ops.CudnnRNNCanonicalToParamsV2(num_proj=num_proj, **kwargs)
         return tf.raw_ops.CudnnRNNCanonicalToParams(**kwargs)
     raise ValueError(source)
 

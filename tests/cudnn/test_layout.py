@@ -284,6 +284,18 @@ def test_spec_validation(kwargs, pattern):
         RnnSpec(**kwargs)
 
 
+def test_num_proj_equal_to_num_units_is_no_projection():
+    """TensorFlow projects only when num_proj < num_units (stream_executor cuda_dnn.cc): 8 units, num_proj 8
+    is the plain 736-element LSTM (4*8*(13+8) + 2*4*8), as TensorFlow sizes it on a GPU, not 800."""
+    spec = RnnSpec("lstm", 1, 8, 13, num_proj=8)
+    assert spec == RnnSpec("lstm", 1, 8, 13) and spec.num_proj == 0 and spec.hidden_size == 8
+    assert params_size(spec) == 4 * 8 * (13 + 8) + 2 * 4 * 8 == 736
+    assert [p.kind for p in pieces(spec)].count("P") == 0
+    assert params_size(RnnSpec("lstm", 1, 8, 13, num_proj=7)) == 4 * 8 * (13 + 7) + 7 * 8 + 2 * 4 * 8
+    with pytest.raises(LayoutError, match="num_proj=9 is larger than num_units=8"):
+        RnnSpec("lstm", 1, 8, 13, num_proj=9)
+
+
 def test_spec_is_frozen_and_derived_sizes():
     spec = RnnSpec("lstm", 2, 8, 5, num_dirs=2, num_proj=3)
     assert (spec.gates, spec.hidden_size, spec.output_size) == (4, 3, 6)

@@ -26,12 +26,12 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from builders.raw_graphs import build, run_graph_def
 from tensorflow.core.framework import graph_pb2
 
 import graphfix
 from graphfix.cudnn import layout, reference
 from graphfix.graph.bodies import find_cudnn_nodes
-from builders.raw_graphs import build, run_graph_def
 
 ATOL = {np.float16: 1e-2, np.float32: 1e-5, np.float64: 1e-10}
 
@@ -194,10 +194,11 @@ def test_one_unit_one_input(mode, input_mode):
 
 @pytest.mark.parametrize("units,input_size,num_proj", [(1, 1, 1), (4, 1, 1), (1, 5, 1)])
 def test_size_one_projection_and_input(units, input_size, num_proj):
+    """num_proj == num_units (1 == 1) is no projection in TensorFlow: the op reads the plain layout."""
     spec = layout.RnnSpec("lstm", 2, units, input_size, 2, num_proj=num_proj)
-    case = build(spec, lengths=np.array([5, 1, 3], np.int32), time_major=False, seed=9)
+    case = build(spec, lengths=np.array([5, 1, 3], np.int32), time_major=False, seed=9, num_proj=num_proj)
     got, report = convert_and_run(case)
-    assert report.ops[0].num_proj == num_proj
+    assert report.ops[0].num_proj == (num_proj if num_proj < units else 0) == spec.num_proj
     assert_matches(got, expected(case))
 
 

@@ -9,7 +9,13 @@ Three levels, cheapest first, so CI runs well over 200 examples in a few minutes
   with `reference.forward` (about 0.2 s an example);
 - conversion: a TF1 graph around tf.raw_ops.CudnnRNN/V2/V3 (tests/builders/raw_graphs.py) converted
   with graphfix.convert_graph_def and run on CPU (about 1.5 s an example: tracing the While
-  loops and instantiating them in a session dominate), with fewer examples.
+  loops and instantiating them in a session dominate), with fewer examples. The graphs carry
+  the unusual-but-valid features of issue 17: num_proj attributes from 1 to num_units
+  inclusive (num_units itself is no projection), and colocation attributes (`_class`)
+  naming random nodes, many of them the params nodes the conversion removes;
+- functions: the op inside a tf.function returning a random subset of its outputs, the
+  graph using a random subset of those: it converts unless reserve_space/host_reserved
+  is used, and then it is refused naming the user.
 
 Every property is derandomized (same examples on every run) and prints how many examples
 it ran; the wrapper tests assert that count, so a silently shrunken search cannot pass.
@@ -24,20 +30,21 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from builders.raw_graphs import build, build_returning, run_graph_def
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import graphfix
 from graphfix.cudnn import layout, reference, weights
-from graphfix.targets import cpu
-from graphfix.errors import LayoutError
+from graphfix.errors import LayoutError, UnsupportedError
 from graphfix.graph.bodies import find_cudnn_nodes
-from builders.raw_graphs import build, run_graph_def
+from graphfix.targets import cpu
 
 SCALE = float(os.environ.get("GRAPHFIX_PROPERTY_SCALE", "1"))
 LAYOUT_EXAMPLES = int(500 * SCALE)
 EAGER_EXAMPLES = int(200 * SCALE)
 CONVERSION_EXAMPLES = int(60 * SCALE)
+FUNCTION_EXAMPLES = int(20 * SCALE)
 DERANDOMIZE = os.environ.get("GRAPHFIX_PROPERTY_RANDOM") != "1"
 
 # |got - expected| <= ATOL + RTOL * |expected|. ATOL is the issue's per-dtype bound; RTOL
@@ -61,7 +68,7 @@ def _settings(n):
 
 @st.composite
 def specs(draw, max_layers=3, max_size=6):
-    """(RnnSpec, input_mode attribute as written on the op)."""
+    """(RnnSpec, input_mode attribute, num_proj attribute) as written on the op."""
     # "lstm_proj" is drawn like a fifth mode, so projections are not left to a coin flip after
     # the mode (derandomized runs then saw almost none).
     mode = draw(st.sampled_from(MODES + ("lstm_proj",)))
@@ -72,18 +79,20 @@ def specs(draw, max_layers=3, max_size=6):
     units = draw(st.integers(1, max_size))
     input_attr = draw(st.sampled_from(INPUT_MODES))
     input_size = units if input_attr == "skip_input" else draw(st.integers(1, max_size))
-    num_proj = draw(st.integers(1, units)) if projecting else 0  # cuDNN: 0 < projSize <= hiddenSize
+    # cuDNN: 0 < projSize <= hiddenSize, and projSize == hiddenSize is no projection at all
+    # (RnnSpec stores 0): a coin flip asks for it, so a derandomized run sees both often.
+    num_proj = (units if draw(st.booleans()) else draw(st.integers(1, units))) if projecting else 0
     resolved = layout.resolve_input_mode(input_attr, input_size, units)
-    return layout.RnnSpec(mode, layers, units, input_size, dirs, resolved, num_proj), input_attr
+    return layout.RnnSpec(mode, layers, units, input_size, dirs, resolved, num_proj), input_attr, num_proj
 
 
 @st.composite
 def configs(draw):
     """A whole op configuration: spec, op version, dtype, shapes, sequence lengths."""
-    spec, input_attr = draw(specs())
+    spec, input_attr, num_proj_attr = draw(specs())
     # Only CudnnRNNV3 has num_proj, time_major=false and sequence_lengths.
     # V3 is listed twice: it has the most options (lengths, batch-major), so it gets half the draws.
-    op = "CudnnRNNV3" if spec.num_proj else draw(st.sampled_from(OPS + ("CudnnRNNV3",)))
+    op = "CudnnRNNV3" if num_proj_attr else draw(st.sampled_from(OPS + ("CudnnRNNV3",)))
     time_major = True if op != "CudnnRNNV3" else draw(st.booleans())
     batch, steps = draw(st.integers(1, 4)), draw(st.integers(1, 6))
     lengths_kind = "none" if op != "CudnnRNNV3" else draw(st.sampled_from(["full", "constant", "fed"]))
@@ -92,7 +101,7 @@ def configs(draw):
         lengths = (np.full(batch, steps, np.int32) if lengths_kind == "full" else
                    np.array(draw(st.lists(st.sampled_from([0, steps, *range(1, steps)]),
                                           min_size=batch, max_size=batch)), np.int32))
-    return dict(spec=spec, input_attr=input_attr, op=op, time_major=time_major,
+    return dict(spec=spec, input_attr=input_attr, num_proj_attr=num_proj_attr, op=op, time_major=time_major,
                 dtype=draw(st.sampled_from(DTYPES)), batch=batch, steps=steps,
                 lengths_kind=lengths_kind, lengths=lengths, seed=draw(st.integers(0, 2**16)))
 
@@ -131,7 +140,7 @@ class _Clock:
 
 
 def describe(cfg):
-    return (f"{cfg['op']} {layout.describe(cfg['spec'])} attr={cfg['input_attr']} "
+    return (f"{cfg['op']} {layout.describe(cfg['spec'])} attr={cfg['input_attr']} num_proj={cfg['num_proj_attr']} "
             f"{np.dtype(cfg['dtype']).name} B={cfg['batch']} T={cfg['steps']} "
             f"time_major={cfg['time_major']} lengths={cfg['lengths_kind']}:{cfg['lengths']}")
 
@@ -144,7 +153,7 @@ LAYOUT_RUNS = []
 @_settings(LAYOUT_EXAMPLES)
 @given(specs(max_layers=4, max_size=9), st.sampled_from([np.float16, np.float32, np.float64, np.int64]))
 def _layout_round_trip(spec_attr, dtype):
-    spec, input_attr = spec_attr
+    spec, input_attr, num_proj_attr = spec_attr
     LAYOUT_RUNS.append(spec)
     n = layout.params_size(spec)
     # Distinct values (float16 is exact only up to 2048, so use int64 offsets there).
@@ -168,9 +177,9 @@ def _layout_round_trip(spec_attr, dtype):
         np.testing.assert_array_equal(b.bW + b.bR, w.bW.astype(np.float64) + w.bR.astype(np.float64))
         if spec.num_proj:
             np.testing.assert_array_equal(b.P, w.P)
-    # solve_input_size inverts params_size, under the attribute the op was written with.
+    # solve_input_size inverts params_size, under the attributes the op was written with.
     assert layout.solve_input_size(n, spec.mode, spec.num_layers, spec.num_units, spec.num_dirs,
-                                   input_attr, spec.num_proj) == spec.input_size
+                                   input_attr, num_proj_attr) == spec.input_size
     # A neighbouring size either fits no layout or solves to an input size that really fits it.
     for other in (n - 1, n + 1):
         try:
@@ -249,9 +258,30 @@ def test_eager_forward_matches_reference(capsys):
 CONVERSION_RUNS = []
 
 
+@st.composite
+def colocations(draw):
+    """(source, target, target among the params nodes?) picks: `_class: loc:@target` on source."""
+    picks = st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), st.booleans())
+    return draw(st.lists(picks, max_size=3))
+
+
+def add_colocations(graph_def, picks) -> list[str]:
+    """Colocate nodes as `picks` say (targets among "params*"/"piece*" nodes when asked); returns them."""
+    nodes = list(graph_def.node)
+    params_nodes = [n for n in nodes if n.name.startswith(("params", "piece"))] or nodes
+    added = []
+    for source, target, to_params in picks:
+        src = nodes[source % len(nodes)]
+        dst = (params_nodes if to_params else nodes)[target % len(params_nodes if to_params else nodes)]
+        if src.name != dst.name:
+            src.attr["_class"].list.s.append(f"loc:@{dst.name}".encode())
+            added.append(f"{src.name}->{dst.name}")
+    return added
+
+
 @_settings(CONVERSION_EXAMPLES)
-@given(configs(), st.sampled_from(["const", "concat", "canonical", "fed"]), st.booleans())
-def _converted_graph_matches_reference(cfg, params_source, feed_states):
+@given(configs(), st.sampled_from(["const", "concat", "canonical", "fed"]), st.booleans(), colocations())
+def _converted_graph_matches_reference(cfg, params_source, feed_states, colocate):
     """Build -> graphfix.convert_graph_def -> run on CPU == reference.forward; no Cudnn op left."""
     spec = cfg["spec"]
     # raw_graphs' "canonical" source cannot express skip_input: CudnnRNNCanonicalToParams (V1)
@@ -261,7 +291,9 @@ def _converted_graph_matches_reference(cfg, params_source, feed_states):
     case = build(spec, op=cfg["op"], dtype=cfg["dtype"], time_major=cfg["time_major"],
                  lengths=cfg["lengths"], lengths_fed=cfg["lengths_kind"] == "fed",
                  params_source=params_source, batch=cfg["batch"], steps=cfg["steps"],
-                 input_mode=cfg["input_attr"], seed=cfg["seed"], feed_states=feed_states)
+                 input_mode=cfg["input_attr"], seed=cfg["seed"], feed_states=feed_states,
+                 num_proj=cfg["num_proj_attr"])
+    cfg["colocated"] = add_colocations(case.graph_def, colocate)
     converted, report = graphfix.convert_graph_def(case.graph_def)
     assert find_cudnn_nodes(converted) == []
     assert not any(n.op.startswith("Cudnn") for f in converted.library.function for n in f.node_def)
@@ -271,9 +303,9 @@ def _converted_graph_matches_reference(cfg, params_source, feed_states):
                                               spec.input_size, spec.num_units, spec.num_proj,
                                               spec.input_mode, cfg["time_major"])
     assert op.params.startswith("sliced in-graph") == (params_source == "fed")
-    got = run_graph_def(converted, case.feeds, case.fetches)
+    got = run_graph_def(converted, case.feeds, case.fetches)  # imports: every colocation target exists
     expected = reference_outputs(spec, case.buffer, case.x, case.h0, case.c0, case.lengths, case.time_major)
-    assert_close(got, expected, cfg["dtype"], f"{describe(cfg)} params={params_source}")
+    assert_close(got, expected, cfg["dtype"], f"{describe(cfg)} params={params_source} colocated={cfg['colocated']}")
 
 
 def test_converted_graph_matches_reference(capsys):
@@ -293,8 +325,60 @@ def _coverage(runs):
             f"layers {count(lambda c: c['spec'].num_layers)}, "
             f"bidirectional {sum(c['spec'].num_dirs == 2 for c in runs)}, "
             f"skip_input {sum(c['spec'].input_mode == 'skip_input' for c in runs)}, "
-            f"num_proj {sum(bool(c['spec'].num_proj) for c in runs)}, "
+            f"num_proj {sum(bool(c['spec'].num_proj) for c in runs)} "
+            f"(and {sum(c['num_proj_attr'] == c['spec'].num_units for c in runs)} num_proj == num_units), "
             f"dtypes {count(lambda c: np.dtype(c['dtype']).name)}, "
             f"batch-major {sum(not c['time_major'] for c in runs)}, "
             f"lengths {count(lambda c: c['lengths_kind'])}, "
             f"with a zero length {sum(c['lengths'] is not None and bool((c['lengths'] == 0).any()) for c in runs)}")
+
+
+# --- (a) outputs returned from functions ---------------------------------------------------
+
+FUNCTION_RUNS = []
+
+
+@st.composite
+def returning_cases(draw):
+    """A small op in a tf.function returning a subset of its outputs; the graph uses a subset of those."""
+    op = draw(st.sampled_from(OPS))
+    spec = layout.RnnSpec(draw(st.sampled_from(MODES)), draw(st.integers(1, 2)), draw(st.integers(1, 4)),
+                          draw(st.integers(1, 4)), draw(st.integers(1, 2)))
+    returned = sorted(draw(st.sets(st.integers(0, 3 if op == "CudnnRNN" else 4), min_size=1)))
+    used = sorted(draw(st.sets(st.sampled_from(returned))))
+    return dict(op=op, spec=spec, returned=tuple(returned), used=tuple(used), nested=draw(st.booleans()),
+                seed=draw(st.integers(0, 2**16)))
+
+
+@_settings(FUNCTION_EXAMPLES)
+@given(returning_cases())
+def _returned_outputs_convert_unless_training_ones_are_used(cfg):
+    FUNCTION_RUNS.append(cfg)
+    spec = cfg["spec"]
+    case = build_returning(spec, op=cfg["op"], returned=cfg["returned"], used=cfg["used"], nested=cfg["nested"],
+                           seed=cfg["seed"])
+    training = [i for i in cfg["used"] if i >= 3]
+    if training:
+        try:
+            graphfix.convert_graph_def(case.graph_def)
+        except UnsupportedError as exc:
+            assert "training graph" in str(exc) and f"'out{training[0]}'" in str(exc), str(exc)
+            return
+        raise AssertionError(f"{cfg}: converted although out{training[0]} uses a training output")
+    converted, report = graphfix.convert_graph_def(case.graph_def)
+    assert find_cudnn_nodes(converted) == [] and len(report.ops) == 1, cfg
+    got = run_graph_def(converted, case.feeds, case.fetches)
+    expected = reference_outputs(spec, case.buffer, case.x, case.h0, case.c0, None, True)
+    wanted = [expected[int(name[3])] for name in case.fetches]  # "out{i}:0"
+    assert_close(got, wanted, np.float32, str(cfg))
+
+
+def test_returned_outputs_convert_unless_training_ones_are_used(capsys):
+    FUNCTION_RUNS.clear()
+    clock = _Clock()
+    _returned_outputs_convert_unless_training_ones_are_used()
+    with capsys.disabled():
+        print(f"\n[properties] functions: {len(FUNCTION_RUNS)} examples in {clock}, "
+              f"{sum(any(i >= 3 for i in c['used']) for c in FUNCTION_RUNS)} using a training output, "
+              f"{sum(c['nested'] for c in FUNCTION_RUNS)} nested")
+    assert len(FUNCTION_RUNS) >= FUNCTION_EXAMPLES * 0.9

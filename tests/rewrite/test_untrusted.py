@@ -28,13 +28,13 @@ import resource
 import numpy as np
 import pytest
 import tensorflow as tf
+from builders.raw_graphs import build, run_graph_def
 
 import graphfix
 from graphfix.cudnn import layout, reference
 from graphfix.errors import GraphfixError
-from graphfix.graph.folding import PURE_OPS
 from graphfix.graph.bodies import find_cudnn_nodes
-from builders.raw_graphs import build, run_graph_def
+from graphfix.graph.folding import PURE_OPS
 
 SPEC = layout.RnnSpec("gru", 1, 3, 2, 2)
 N = layout.params_size(SPEC)
@@ -412,12 +412,19 @@ def test_converting_a_converted_graph_changes_nothing(name):
 
 
 def test_converting_a_converted_file_writes_nothing(tmp_path):
+    """Nothing to convert: nothing is written by default; an output asked for is the model as it is."""
     src, first, second = tmp_path / "model.pb", tmp_path / "model_cpu.pb", tmp_path / "model_cpu_cpu.pb"
     src.write_bytes(build(layout.RnnSpec("gru", 2, 3, 2, 2)).graph_def.SerializeToString())
     report = graphfix.convert(src, first)
     assert report.changed and first.exists()
     data = first.read_bytes()
-    again = graphfix.convert(first, second)
+    again = graphfix.convert(first)
     assert not again.changed and again.output is None
     assert not second.exists(), "nothing is written for a model without cuDNN ops"
+    asked = graphfix.convert(first, second)
+    assert not asked.changed and asked.output == str(second)
+    written, before = tf.compat.v1.GraphDef(), tf.compat.v1.GraphDef()
+    written.ParseFromString(second.read_bytes())
+    before.ParseFromString(data)
+    assert written.SerializeToString(deterministic=True) == before.SerializeToString(deterministic=True)
     assert first.read_bytes() == data
