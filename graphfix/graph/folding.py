@@ -18,6 +18,8 @@ from graphfix.cudnn import layout
 from graphfix.errors import UnsupportedError
 from graphfix.graph.bodies import Body, TensorRef
 
+# Ops through which params come from a model's variables: not folded (variables stay variables).
+VARIABLE_READS = frozenset({"ReadVariableOp", "VariableV2", "Variable", "VarHandleOp", "ResourceGather"})
 # Ops that compute a value from their inputs alone: no state, no I/O, no randomness.
 PURE_OPS = frozenset({
     "Const", "Identity", "IdentityN", "Snapshot", "StopGradient", "PreventGradient",
@@ -83,6 +85,9 @@ class Folder:
                     return None
                 substitutes[name] = layout.pack_canonical(parts, [])  # weights then biases: one flat list
                 continue
+            if node.op in VARIABLE_READS:
+                self.why_not[ref] = f"read from the model's variables at run time: {node.op} {name!r}"
+                return None
             if node.op not in PURE_OPS:
                 self.why_not[ref] = f"it depends on node {name!r} (op {node.op})"
                 return None
