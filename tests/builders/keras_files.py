@@ -91,6 +91,9 @@ MODELS = {"seq": seq, "functional": functional, "nested_seq": nested_seq, "neste
 def build_cudnn(name: str, seed: int):
     """The tf_keras CuDNN model `name`, with seeded random weights."""
     import tf_keras
+    # Layer names ("cu_dnnlstm", "bidirectional") come from per-process counters: start them
+    # afresh, so the file's layout does not depend on which tests ran before.
+    tf_keras.backend.clear_session()
     model = MODELS[name](Layers(tf_keras, cudnn=True))
     rng = np.random.default_rng(seed)
     model.set_weights([(0.5 * rng.standard_normal(w.shape)).astype(w.dtype) for w in model.get_weights()])
