@@ -206,3 +206,13 @@ def test_saved_model_pb_and_keras_files_get_advice(saved_model, tmp_path):
     assert keras.returncode == 2, keras.stderr
     assert "Keras 3's own format" in keras.stderr and "(.h5)" in keras.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+
+
+def test_report_closes_with_the_signatures(saved_model, tmp_path):
+    proc = run_cli(saved_model, "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == f"wrote {tmp_path / 'out'}"
+    assert lines[-2] == ("  signature 'serving_default': h float32 [1, 2, 4], x float32 [4, 2, 3] "
+                         "-> h_n float32 [1, 2, 4], y float32 [4, 2, 4]")
+    assert not [line for line in lines if "__saved_model" in line]

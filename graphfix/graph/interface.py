@@ -38,10 +38,13 @@ def graph_interface(graph_def: graph_pb2.GraphDef) -> list[str]:
 
 
 def signature_lines(meta_graphs) -> list[str]:
-    """One line per signature of a SavedModel's MetaGraphs: inputs -> outputs, with dtypes and shapes."""
+    """One line per signature of a SavedModel's MetaGraphs: inputs -> outputs, with dtypes and shapes.
+
+    TensorFlow's own entries (`__saved_model_init_op`) are not signatures a user calls: left out.
+    """
     out = []
     for meta in meta_graphs:
-        for key in sorted(meta.signature_def):
+        for key in sorted(k for k in meta.signature_def if not k.startswith("__")):
             sig = meta.signature_def[key]
             side = lambda infos: ", ".join(f"{name} {dtype_text(infos[name].dtype)} {shape_text(infos[name].tensor_shape)}"  # noqa: E731
                                            for name in sorted(infos)) or "nothing"
