@@ -4,8 +4,11 @@
     after:   x, h, c, rnn/graphfix/layer0_fw_kernel (Const), ...
                      --> [PartitionedCall "rnn" f=graphfix_rnn_<digest>] --> rnn:0, rnn:1, rnn:2
 
-Constant params are folded into one Const per weight slot; params known only at run time
-are sliced by a second call (`{node}/graphfix/unpack_params`) that the target also emits.
+Constant params are folded into one Const per weight slot. Params packed per call from
+other tensors (Keras 3's variables) are read from those tensors by a call of their own
+(`{node}/graphfix/weights`, `weight_sources.py`) when the target asks for it; any other
+params known only at run time are sliced by a second call (`{node}/graphfix/unpack_params`)
+that the target also emits.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from graphfix.graph.bodies import Body, TensorRef
 from graphfix.graph.consumers import uses
 from graphfix.graph.folding import Folder
 from graphfix.report import ConvertedOp
+from graphfix.rewrite import weight_sources
 from graphfix.rewrite.context import Context
 from graphfix.rewrite.forward_op import Shapes, node_where, read_forward_op
 from graphfix.rewrite.splice import (
@@ -38,10 +42,17 @@ def convert_forward(ctx: Context, body: Body, node, shapes: Shapes, folder: Fold
     fname = function_name(body, node, plan)
     traced = ctx.function(("rnn", target.share_key(plan, fname)), lambda: target.trace_rnn(plan, fname))
 
+    resolved = None
     if fop.params is not None:
         values = weights.graph_weights_from_buffer(fop.params, spec, fop.gate_order)
         weight_refs = add_weight_consts(body, node.name, values, spec, folder.control_inputs(fop.params_ref))
         params_note = "folded to constants"
+    elif (resolved := _resolve_sources(ctx, body, folder, shapes, fop)) is not None:
+        slots = ctx.function(("sources", spec, dtype, resolved.shapes, resolved.recipe),
+                             lambda: weight_sources.trace_slots(resolved, spec, dtype, fname + "_weights"))
+        call_name = add_call(body, f"{node.name}/graphfix/weights", slots, list(resolved.inputs), []).name
+        weight_refs = [body.format_ref(call_name, i) for i in range(len(slots.output_types))]
+        params_note = "read from the tensors the model packed them from (no per-call packing)"
     else:
         unpack = ctx.function(("unpack", spec, dtype, fop.gate_order),
                               lambda: target.trace_params_unpack(spec, dtype, fname + "_unpack_params",
@@ -63,7 +74,14 @@ def convert_forward(ctx: Context, body: Body, node, shapes: Shapes, folder: Fold
         num_proj=spec.num_proj, input_mode=spec.input_mode, dtype=dtype.name, time_major=fop.time_major,
         sequence_lengths=fop.sequence_lengths, params=params_note,
         gate_order=fop.gate_order if gates.applies(spec, fop.gate_order) else gates.CUDNN))
-    return fop.params_ref if fop.params is not None else None
+    return fop.params_ref if fop.params is not None or resolved is not None else None
+
+
+def _resolve_sources(ctx: Context, body: Body, folder: Folder, shapes: Shapes, fop):
+    """weight_sources.resolve for targets that ask for it (`resolve_weight_sources`), else None."""
+    if not getattr(ctx.target, "resolve_weight_sources", False):
+        return None
+    return weight_sources.resolve(body, folder, shapes, fop.params_ref, fop.spec, fop.gate_order)
 
 
 def _refuse_training_consumers(graph_def, body: Body, node, where: str) -> None:

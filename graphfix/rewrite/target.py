@@ -11,7 +11,10 @@ Per forward op, the rewrite calls::
     name = graphfix_{node path}_{digest of repr(plan)}
     key  = target.share_key(plan, name)               # ops with equal keys share one function
     traced = target.trace_rnn(plan, name)             # once per key
-    # params not constant: one more function, params [N] -> the weight slots
+    # params not constant: one more function, params [N] -> the weight slots, unless the
+    # target sets `resolve_weight_sources = True` and the params are packed per call from
+    # other tensors (Keras 3's variables): then the slots are read from those tensors
+    # (`weight_sources.py`, a function name + "_weights" that the rewrite traces itself)
     traced = target.trace_params_unpack(spec, dtype, name + "_unpack_params", gate_order)
 
 The traced RNN function takes (input, input_h, input_c, [sequence_lengths], weight

@@ -10,14 +10,17 @@ The RNN function (one per cuDNN node)::
 
     x [T,B,I] or [B,T,I] --transpose--> [T,B,I]
       for each layer, for each direction:
-        x_proj = reshape(x) @ kernel.T + bias       # one MatMul for all steps, outside the loop
-        if every length >= T (or no lengths):      # one test per call
-            (backward: reverse time)
-            While: 4 steps per iteration, then T % 4 single steps:
-                gates = x_proj[t] + h @ recurrent_kernel; cell update
-        else:
-            (backward: reverse_sequence over each example's valid steps)
-            the same loops, masked past each example's length
+        LSTM (float, no projection) and batch <= BLOCK_LSTM_MAX_BATCH:   # one test per call
+            BlockLSTMV2 over the whole sequence (block_lstm.py; masked after, if lengths are short)
+        otherwise:
+            x_proj = reshape(x) @ kernel.T + bias       # one MatMul for all steps, outside the loop
+            if every length >= T (or no lengths):      # one test per call
+                (backward: reverse time)
+                While: 4 steps per iteration, then T % 4 single steps:
+                    gates = x_proj[t] + h @ recurrent_kernel; cell update
+            else:
+                (backward: reverse_sequence over each example's valid steps)
+                the same loops, masked past each example's length
       concat directions -> next layer's input
     -> output, output_h, output_c, reserve_space (dummy), [host_reserved (dummy)]
 
@@ -34,8 +37,14 @@ from graphfix.cudnn import gates
 from graphfix.cudnn.layout import RnnSpec
 from graphfix.cudnn.weights import graph_weights, weight_slots
 from graphfix.graph.traced import TracedFunction, trace
+from graphfix.targets import block_lstm
 
 _UPCAST = {tf.float16: tf.float32, tf.bfloat16: tf.float32}
+# Full-length, unprojected float LSTM layers run as one BlockLSTMV2 op (block_lstm.py).
+BLOCK_LSTM = True
+# ... for batches up to this size (measured on 2 cores: 0.65-0.9x the While loop at batch 1-8,
+# about even at 12, 1.15-1.2x at 16-32).
+BLOCK_LSTM_MAX_BATCH = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +181,33 @@ def _scan(spec, x_proj, h0, c0, w, lengths, reverse, static_batch):
     return y, h_n, c_n
 
 
+def _project(spec, flat_in, w, steps, batch):
+    """The input part of every gate for all steps at once: [T*B, in] -> x_proj [T, B, G*H]."""
+    if "kernel" in w:  # [G*H, in]: see weights.py for why transpose_b here
+        proj = tf.matmul(flat_in, w["kernel"], transpose_b=True)
+    else:  # skip_input: the input enters every gate unprojected
+        proj = tf.tile(flat_in, [1, spec.gates])
+    proj = proj + w.get("bias", w.get("input_bias"))
+    return tf.reshape(proj, [steps, batch, spec.gates * spec.num_units])
+
+
+def _block_or_loop(spec, x, project, h0, c0, w, lengths, reverse):
+    """An LSTM pseudo-layer: BlockLSTMV2 up to BLOCK_LSTM_MAX_BATCH examples, else the While
+    loop (masked only when some length is short). x: [T, B, I]; project() -> x_proj, built in
+    the loop's branch only."""
+    # Above a few examples the loop's one MatMul over all steps for the input part wins
+    # (BlockLSTMV2 multiplies [x_t, h] step by step); see docs/performance.md.
+    small = tf.shape(x)[1] <= BLOCK_LSTM_MAX_BATCH
+    loop = lambda: run_direction(spec, project(), h0, c0, w, lengths, reverse)
+    if lengths is None:
+        return tf.cond(small, lambda: block_lstm.block_direction(spec, x, h0, c0, w, reverse), loop)
+    full = tf.reduce_all(lengths >= tf.shape(x)[0])
+    # Full lengths skip the mask and the gathers of the final states.
+    block = lambda: tf.cond(full, lambda: block_lstm.block_direction(spec, x, h0, c0, w, reverse),
+                            lambda: block_lstm.block_direction(spec, x, h0, c0, w, reverse, lengths))
+    return tf.cond(small, block, loop)
+
+
 def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values, fused_direction=None):
     """The cuDNN op's forward pass in standard ops. Shapes as the op's (see CUDNN_FACTS §1).
 
@@ -204,6 +240,9 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values, fused
 
     if call.static_batch is not None:
         batch = call.static_batch
+    # BlockLSTMV2 (block_lstm.py) when lengths are full; the TFLite target keeps its loops.
+    use_block = (call.static_batch is None and not call.fused_lstm and BLOCK_LSTM
+                 and block_lstm.applies(spec, compute))
     layer_in = x
     h_list, c_list = [], []
     for layer in range(spec.num_layers):
@@ -219,14 +258,12 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values, fused
                 h_list.append(h_n)
                 c_list.append(c_n)
                 continue
-            if "kernel" in w:  # [G*H, in]: see weights.py for why transpose_b here
-                proj = tf.matmul(flat_in, w["kernel"], transpose_b=True)
-            else:  # skip_input: the input enters every gate unprojected
-                proj = tf.tile(flat_in, [1, spec.gates])
-            proj = proj + w.get("bias", w.get("input_bias"))
-            x_proj = tf.reshape(proj, [steps, batch, spec.gates * spec.num_units])
-            y, h_n, c_n = run_direction(spec, x_proj, h0[k], c0[k], w, lengths, reverse=d == 1,
-                                         static_batch=call.static_batch)
+            project = (lambda w=w, flat_in=flat_in: _project(spec, flat_in, w, steps, batch))
+            if use_block:
+                y, h_n, c_n = _block_or_loop(spec, layer_in, project, h0[k], c0[k], w, lengths, d == 1)
+            else:
+                y, h_n, c_n = run_direction(spec, project(), h0[k], c0[k], w, lengths, reverse=d == 1,
+                                             static_batch=call.static_batch)
             outs.append(y)
             h_list.append(h_n)
             c_list.append(c_n)
@@ -284,6 +321,10 @@ class CpuTarget:
 
     Ops whose RnnCall is equal share one traced function, named after the first of them.
     """
+
+    # Params packed per call from variables (Keras 3) reach the RNN function read straight
+    # from those variables (graphfix.rewrite.weight_sources), not sliced back from the buffer.
+    resolve_weight_sources = True
 
     def plan(self, body, node, fop, report) -> RnnCall:
         return call_for(fop)

@@ -41,8 +41,10 @@ from tensorflow.core.protobuf import saved_model_pb2
 from graphfix import rewrite
 from graphfix.cudnn import gates, layout, reference
 from graphfix.graph.bodies import Body, bodies, reachable_functions
+from graphfix.graph.saved_values import ValueFinder
 from graphfix.io import saved_model_dir
 from graphfix.report import Report, plural
+from graphfix.targets import cpu
 from graphfix.tools.inspect import FoundOp, survey_graph_def
 
 TOLERANCE = {"float16": 1e-2, "bfloat16": 5e-2, "float32": 1e-5, "float64": 1e-10}
@@ -135,7 +137,8 @@ def check_ops(original: graph_pb2.GraphDef, converted: graph_pb2.GraphDef, repor
              if (op.where, op.node) in converted_ops and op.forward is not None]
     by_where = {b.where: b for b in bodies(converted)}
     rng = np.random.default_rng(seed)
-    checks = [check_op(op, by_where[op.where], converted, rng, run or _run) for op in found]
+    finder = ValueFinder(converted, saved_dir, meta)  # the values a weights call reads (below)
+    checks = [check_op(op, by_where[op.where], converted, rng, run or _run, finder) for op in found]
     sizes = {}
     for op in found:
         ref = op.forward.params_ref
@@ -146,9 +149,12 @@ def check_ops(original: graph_pb2.GraphDef, converted: graph_pb2.GraphDef, repor
 
 
 def check_op(found: FoundOp, body: Body, converted: graph_pb2.GraphDef, rng: np.random.Generator,
-             run=None) -> OpCheck:
+             run=None, finder: ValueFinder | None = None) -> OpCheck:
     """Run one converted op (node `found.node` of `body`) and compare it with the reference.
-    run(graph_def, feeds, fetches) -> values: `_run` (a Session) unless given."""
+    run(graph_def, feeds, fetches) -> values: `_run` (a Session) unless given.
+    finder: values in `converted`, for weights read straight from the model's variables
+    (`rewrite.weight_sources`); without it, or for random params, that call is replaced by
+    the target's params slicing, fed the same buffer as the reference."""
     fop = found.forward
     spec, dtype = fop.spec, fop.dtype
     np_dtype = dtype.as_numpy_dtype
@@ -172,8 +178,9 @@ def check_op(found: FoundOp, body: Body, converted: graph_pb2.GraphDef, rng: np.
                     f"input {shape}, sequence lengths {lengths_note}" if lengths is not None else f"input {shape}",
                     params_note)
     try:
-        graph_def, feeds = _op_graph(body, found.node, fop, converted)
-        values = {"x": x, "h": h0, "c": c0, "lengths": lengths, "params": buf}
+        model_params = found.params is not None and found.params.value is not None
+        graph_def, feeds, sources = _op_graph(body, found.node, fop, converted, finder if model_params else None)
+        values = {"x": x, "h": h0, "c": c0, "lengths": lengths, "params": buf, **sources}
         feed_dict = {f"{PREFIX}/{name}:0": values[name] for name in feeds}
         fetches = [f"{PREFIX}/op:{i}" for i in range(3 if spec.mode == "lstm" else 2)]
         got = (run or _run)(graph_def, feed_dict, fetches)
@@ -212,8 +219,11 @@ def _sizes(fop: rewrite.ForwardOp, rng):
     return T, B, lengths, f"{lengths.tolist()} (random)"
 
 
-def _op_graph(body: Body, node_name: str, fop: rewrite.ForwardOp, converted: graph_pb2.GraphDef):
-    """A GraphDef holding only the converted op: placeholders -> [weights] -> call. Returns (graph_def, feeds)."""
+def _op_graph(body: Body, node_name: str, fop: rewrite.ForwardOp, converted: graph_pb2.GraphDef,
+              finder: ValueFinder | None = None):
+    """A GraphDef holding only the converted op: placeholders -> [weights] -> call.
+
+    Returns (graph_def, feeds, values of the weights call's sources when they were found)."""
     call = body.node(node_name)
     if call is None or call.op != "PartitionedCall":
         raise ValueError(f"the converted graph has no call named {node_name!r}")
@@ -224,6 +234,8 @@ def _op_graph(body: Body, node_name: str, fop: rewrite.ForwardOp, converted: gra
     dtypes = {"x": fop.dtype, "h": fop.dtype, "c": fop.dtype, "lengths": tf.int32, "params": fop.dtype}
     inputs = [f"{PREFIX}/{name}" for name in feeds]
     copied: dict[str, str] = {}
+    sources: dict[str, np.ndarray] = {}
+    extra_functions = []
     for ref in refs[n_data:]:
         source = body.node(ref.node) if not ref.is_arg else None
         if source is None or source.op not in ("Const", "PartitionedCall"):
@@ -233,7 +245,23 @@ def _op_graph(body: Body, node_name: str, fop: rewrite.ForwardOp, converted: gra
             node.CopyFrom(source)
             node.name = f"{PREFIX}/w{len(copied)}"
             node.device = ""
-            if source.op == "PartitionedCall":
+            found = None
+            if source.op == "PartitionedCall" and source.attr["f"].func.name.endswith("_weights"):
+                found = [finder.find(body, r) for r in body.data_inputs(source)] if finder else None
+                if found is None or any(f.value is None for f in found):  # slice the reference's buffer instead
+                    unpack = cpu.trace_params_unpack(fop.spec, fop.dtype, f"{PREFIX}_unpack_params", fop.gate_order)
+                    extra_functions += unpack.function_defs
+                    node.attr["f"].func.name = unpack.name
+                    node.attr["Tin"].list.type[:] = [t.as_datatype_enum for t in unpack.input_types]
+                    found = None
+                else:  # the weights call itself, fed the model's values of what it reads
+                    del node.input[:]
+                    for i, f in enumerate(found):
+                        sources[f"source{i}"] = f.value
+                        node.input.append(f"{PREFIX}/source{i}")
+                        feeds.append(f"source{i}")
+                        dtypes[f"source{i}"] = tf.as_dtype(f.value.dtype)
+            if source.op == "PartitionedCall" and found is None:
                 del node.input[:]
                 node.input.append(f"{PREFIX}/params")
                 feeds.append("params")
@@ -251,10 +279,11 @@ def _op_graph(body: Body, node_name: str, fop: rewrite.ForwardOp, converted: gra
     view = graph_pb2.GraphDef()
     view.node.extend(out.node)
     view.library.CopyFrom(converted.library)
+    view.library.function.extend(extra_functions)
     needed = reachable_functions(view)
-    out.library.function.extend(f for f in converted.library.function if f.signature.name in needed)
+    out.library.function.extend(f for f in view.library.function if f.signature.name in needed)
     out.versions.CopyFrom(converted.versions)
-    return out, feeds
+    return out, feeds, sources
 
 
 def _run(graph_def: graph_pb2.GraphDef, feeds: dict, fetches: list):

@@ -36,7 +36,7 @@ from graphfix.errors import (
     VerificationError,
 )
 from graphfix.io import graph_def_file, saved_model_dir
-from graphfix.io.output_paths import resolve_output
+from graphfix.io.output_paths import parents_made, resolve_output
 from graphfix.report import Report
 from graphfix.targets.tflite import batch_dim, graph_def_input, tf1_freeze
 from graphfix.targets.tflite.plan import TfliteTarget
@@ -137,6 +137,24 @@ def convert_for_tflite(src, dst=None, batch_size: int | None = None, tflite_file
     if tf1:
         tf1_freeze.check_freezable(proto, str(src))
     converted, report = _convert_proto(proto, str(src), gate_order, TfliteTarget(batch, fuse_lstm))
+    with parents_made(dst):
+        content = _write_outputs(src, proto, converted, report, dst, tflite_file, force, batch, found, tf1, check)
+    report.output = str(dst)
+    if batch is not None:
+        report.helpers.append(f"TFLite: signatures fixed to batch {batch}")
+    if content is not None and tflite_file is not None:
+        report.helpers.append(f"TFLite: wrote {tflite_file} ({len(content)} bytes; ops: "
+                              f"{', '.join(sorted(set(tflite_ops(content))))})")
+    return report
+
+
+def _write_outputs(src: Path, proto, converted, report: Report, dst: Path, tflite_file, force: bool, batch,
+                   found, tf1: bool, check) -> bytes | None:
+    """Re-save the converted proto for the converter in a work folder beside dst, convert it,
+    check it; then write the .tflite and move the folder into place. Returns the .tflite bytes.
+
+    All or nothing: a .tflite written before the folder's move fails is removed again.
+    """
     parent = dst.parent if str(dst.parent) else Path(".")
     work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".work", dir=parent))
     try:
@@ -163,17 +181,19 @@ def convert_for_tflite(src, dst=None, batch_size: int | None = None, tflite_file
             report.verification = check(proto, converted, ready, content, report, batch)
             if not report.verification.ok:
                 raise VerificationError(report.verification.failure(), str(src), report=report)
-        saved_model_dir._move_into_place(ready, dst, force)
+        if content is not None and tflite_file is not None:
+            graph_def_file.write_bytes_atomic(Path(tflite_file), content)
+        try:
+            saved_model_dir._move_into_place(ready, dst, force)
+        except BaseException:
+            if content is not None and tflite_file is not None:
+                Path(tflite_file).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise OutputError(f"cannot write: {exc.strerror or exc}", str(dst)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report.output = str(dst)
-    if batch is not None:
-        report.helpers.append(f"TFLite: signatures fixed to batch {batch}")
-    if content is not None and tflite_file is not None:
-        _write_file(Path(tflite_file), content)
-        report.helpers.append(f"TFLite: wrote {tflite_file} ({len(content)} bytes; ops: "
-                              f"{', '.join(sorted(set(tflite_ops(content))))})")
-    return report
+    return content
 
 
 def _convert_proto(proto, source, gate_order, target: TfliteTarget):
@@ -284,13 +304,3 @@ def tflite_ops(content: bytes) -> list[str]:
         graph = model.Subgraphs(s)
         ops += [codes[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength())]
     return ops
-
-
-def _write_file(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(content)
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write: {exc.strerror or exc}", str(path)) from None
