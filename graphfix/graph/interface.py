@@ -5,15 +5,35 @@
 
 A GraphDef has no signature: its inputs are its Placeholders and its outputs the nodes
 whose outputs nothing reads (Const and NoOp aside), which is what a frozen model's user
-feeds and fetches.
+feeds and fetches. `graph_io` is that rule, for the report and for the targets that give a
+GraphDef a signature (TFLite, ONNX).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
-from tensorflow.core.framework import graph_pb2, tensor_shape_pb2
+from tensorflow.core.framework import graph_pb2, node_def_pb2, tensor_shape_pb2
 
-NOT_OUTPUTS = ("Const", "NoOp", "Placeholder", "PlaceholderWithDefault", "Assert", "SaveV2", "RestoreV2")
+from graphfix.graph.bodies import is_cudnn, output_arg_offsets
+
+NOT_OUTPUTS = ("Const", "NoOp", "Placeholder", "PlaceholderWithDefault", "Assert", "SaveV2", "RestoreV2",
+               "VarHandleOp", "VariableV2")
+TRAINING_ONLY = 3  # a cuDNN op's outputs from here on (reserve_space, host_reserved) only training reads
+
+
+def graph_io(graph_def: graph_pb2.GraphDef) -> tuple[list[node_def_pb2.NodeDef],
+                                                     list[tuple[node_def_pb2.NodeDef, int]]]:
+    """(Placeholder nodes, (node, output index) of every output of the top-level nodes that
+    nothing reads by a data or control edge), NOT_OUTPUTS and cuDNN's training-only outputs aside."""
+    read = {text.lstrip("^").split(":")[0] for node in graph_def.node for text in node.input}
+    inputs = [n for n in graph_def.node if n.op == "Placeholder"]
+    outputs = []
+    for node in graph_def.node:
+        if node.name in read or node.op in NOT_OUTPUTS:
+            continue
+        count = sum(n for _, n in output_arg_offsets(node.op, node).values())
+        outputs += [(node, i) for i in range(count) if not (is_cudnn(node.op) and i >= TRAINING_ONLY)]
+    return inputs, outputs
 
 
 def shape_text(shape: tensor_shape_pb2.TensorShapeProto) -> str:
@@ -29,12 +49,11 @@ def dtype_text(dtype: int) -> str:
 
 
 def graph_interface(graph_def: graph_pb2.GraphDef) -> list[str]:
-    """One line: the top-level graph's Placeholders and the nodes nothing reads."""
-    read = {text.lstrip("^").split(":")[0] for node in graph_def.node for text in node.input}
-    inputs = [f"{n.name} {dtype_text(n.attr['dtype'].type)} {shape_text(n.attr['shape'].shape)}"
-              for n in graph_def.node if n.op == "Placeholder"]
-    outputs = [n.name for n in graph_def.node if n.name not in read and n.op not in NOT_OUTPUTS]
-    return [f"inputs: {', '.join(inputs) or 'none'}; outputs: {', '.join(outputs) or 'none'}"]
+    """One line: the top-level graph's Placeholders and the nodes nothing reads (`graph_io`)."""
+    placeholders, outputs = graph_io(graph_def)
+    inputs = [f"{n.name} {dtype_text(n.attr['dtype'].type)} {shape_text(n.attr['shape'].shape)}" for n in placeholders]
+    names = list(dict.fromkeys(node.name for node, _ in outputs))
+    return [f"inputs: {', '.join(inputs) or 'none'}; outputs: {', '.join(names) or 'none'}"]
 
 
 def signature_lines(meta_graphs) -> list[str]:

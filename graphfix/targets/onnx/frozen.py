@@ -17,6 +17,7 @@ pair each graph tensor with the name the ONNX model gives it (a signature's keys
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from pathlib import Path
 
@@ -26,16 +27,13 @@ from tensorflow.core.protobuf import meta_graph_pb2
 
 from graphfix import rewrite
 from graphfix.errors import UnsupportedError
+from graphfix.graph import interface
 from graphfix.graph.bodies import bodies, is_cudnn, reachable_functions
 from graphfix.graph.folding import Folder
 from graphfix.io import graph_def_file, saved_model_dir
 from graphfix.report import Report
 from graphfix.rewrite.context import Context
 from graphfix.rewrite.forward_op import Shapes
-
-# Outputs of a sink that are never model results: cuDNN's training-only outputs.
-_NOT_RESULTS = {"CudnnRNN": (3,), "CudnnRNNV2": (3, 4), "CudnnRNNV3": (3, 4)}
-_NEVER_OUTPUTS = ("Const", "Placeholder", "NoOp", "Assert", "VarHandleOp", "VariableV2", "SaveV2", "RestoreV2")
 
 
 @dataclasses.dataclass
@@ -59,17 +57,13 @@ def freeze(src: Path, signature: str | None = None) -> Frozen:
 
 
 def graph_io(graph_def: graph_pb2.GraphDef) -> tuple[list, list]:
-    """A GraphDef's inputs (its Placeholders) and outputs (every tensor of a node nothing consumes)."""
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
-    consumed = {t.op.name for op in graph.get_operations() for t in op.inputs}
-    consumed |= {c.name for op in graph.get_operations() for c in op.control_inputs}
-    inputs = [(op.outputs[0].name, op.name) for op in graph.get_operations() if op.type == "Placeholder"]
-    outputs = [(t.name, t.name.replace(":0", "") if len(op.outputs) == 1 else t.name)
-               for op in graph.get_operations()
-               if op.name not in consumed and op.type not in _NEVER_OUTPUTS
-               for i, t in enumerate(op.outputs) if i not in _NOT_RESULTS.get(op.type, ())]
+    """A GraphDef's inputs and outputs (`graph.interface.graph_io`) as (graph tensor, ONNX name)
+    pairs: "x:0" -> "x"; a node with several outputs keeps the index ("rnn:1")."""
+    placeholders, sinks = interface.graph_io(graph_def)
+    counts = collections.Counter(node.name for node, _ in sinks)
+    inputs = [(f"{n.name}:0", n.name) for n in placeholders]
+    outputs = [(f"{node.name}:{i}", node.name if counts[node.name] == 1 and i == 0 else f"{node.name}:{i}")
+               for node, i in sinks]
     return inputs, outputs
 
 

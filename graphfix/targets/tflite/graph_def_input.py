@@ -5,8 +5,8 @@ dimension is the batch), and a GraphDef has none. The signature graphfix gives i
 
     inputs:  every Placeholder (key: the node name), with its shape attribute
     outputs: every tensor of an op none of whose outputs anything consumes (key: "node" or
-             "node:i"), except Const/NoOp nodes and a cuDNN op's reserve_space /
-             host_reserved (outputs 3, 4), which only training reads. An op that feeds
+             "node:i"; `graph.interface.graph_io`), except Const/NoOp nodes and a cuDNN op's
+             reserve_space / host_reserved, which only training reads. An op that feeds
              something is not an output (a frozen Keras layer leaves its cuDNN op's final
              states unused; as outputs they would also keep TFLite from fusing the LSTM)
 
@@ -21,10 +21,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from graphfix.errors import UnsupportedError
-from graphfix.graph.bodies import is_cudnn
+from graphfix.graph.interface import graph_io
 from graphfix.io import graph_def_file
-
-SKIPPED_OPS = ("Const", "NoOp", "Placeholder", "Assert", "SaveV2", "RestoreV2")
 
 
 def wrap_graph_def(src: Path, dst: Path) -> str:
@@ -38,12 +36,9 @@ def wrap_graph_def(src: Path, dst: Path) -> str:
     except Exception as exc:  # noqa: BLE001 (the importer raises several types; all mean "not importable")
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedError(f"TensorFlow cannot import this GraphDef: {first}", str(src)) from None
-    consumed = {t.name for op in graph.get_operations() for t in op.inputs}
-    control_only = {c.name for op in graph.get_operations() for c in op.control_inputs}
-    inputs = [op for op in graph.get_operations() if op.type == "Placeholder"]
-    sinks = [op for op in graph.get_operations() if op.type not in SKIPPED_OPS and op.name not in control_only
-             and not any(t.name in consumed for t in op.outputs)]
-    outputs = [t for op in sinks for t in op.outputs if not (is_cudnn(op.type) and t.value_index >= 3)]
+    placeholders, sinks = graph_io(graph_def)
+    inputs = [graph.get_operation_by_name(n.name) for n in placeholders]
+    outputs = [graph.get_operation_by_name(node.name).outputs[i] for node, i in sinks]
     if not inputs or not outputs:
         raise UnsupportedError(
             f"cannot tell this GraphDef's {'inputs (no Placeholder)' if not inputs else 'outputs'} for a TFLite "
