@@ -23,7 +23,7 @@ from graphfix.errors import (
     VerificationError,
 )
 from graphfix.graph.interface import graph_interface, signature_lines
-from graphfix.io import graph_def_file, keras_h5, saved_model_dir
+from graphfix.io import graph_def_file, keras_h5, output_paths, saved_model_dir
 from graphfix.io.output_paths import resolve_output
 from graphfix.report import Report
 from graphfix.targets.cpu import CpuTarget
@@ -70,7 +70,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike | None = None, force:
     dst = resolve_output(dst, default_output_path(src), folder_output=False)
     if keras_h5.is_hdf5_path(src):
         return _convert_keras(src, dst, asked, force, gate_order, verify)
-    graph_def_file.check_output_path(dst, force, source=src)
+    output_paths.check_output(dst, force, source=src)
     # Large Const values live outside the proto while converting (graphfix.graph.detached): a
     # gigabyte params buffer then exists once or twice in memory, not five to seven times.
     graph_def, consts = graph_def_file.read_graph_def_detached(src)
@@ -144,7 +144,7 @@ def _convert_keras(src: Path, dst: Path, asked: bool, force: bool, gate_order: s
 def _convert_saved_model(src: Path, dst, force: bool, gate_order: str = gates.CUDNN, verify: bool = False) -> Report:
     asked = dst is not None
     dst = resolve_output(dst, saved_model_dir.default_output_dir(src), folder_output=True)
-    graph_def_file.check_output_path(dst, force, source=src)
+    output_paths.check_output(dst, force, source=src)
     proto = saved_model_dir.read_saved_model(src)
     converted, report = convert_saved_model_proto(proto, source=str(src), gate_order=gate_order)
     if report.changed and verify:

@@ -8,17 +8,15 @@ failure never leaves a half-written output.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 from google.protobuf import message, text_format
 from tensorflow.core.framework import graph_pb2
 
-from graphfix.errors import InputError, OutputError
+from graphfix.errors import InputError
 from graphfix.graph.detached import ConstStore, detach
 from graphfix.io import stream_read, stream_write
-from graphfix.io.output_paths import check_output, current_umask, parents_made
+from graphfix.io.output_paths import write_atomic, write_bytes_atomic
 from graphfix.io.wire import WireError
 
 TEXT_SUFFIXES = (".pbtxt", ".txt", ".prototxt")
@@ -87,52 +85,6 @@ def serialize_graph_def(graph_def: graph_pb2.GraphDef, text: bool) -> bytes:
     if text:
         return text_format.MessageToString(graph_def).encode("utf-8")
     return graph_def.SerializeToString(deterministic=True)
-
-
-def check_output_path(path: Path, force: bool, source: Path | None = None) -> None:
-    """Refuse before any work is done (`output_paths.check_output`)."""
-    check_output(path, force, source)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file and rename; leave nothing behind on failure."""
-    write_atomic(path, lambda handle: handle.write(data))
-
-
-def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call write(handle) on a temporary file, then rename it to `path` (`write_path_atomic`)."""
-    def write_file(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            write(handle)
-
-    write_path_atomic(path, write_file)
-
-
-def write_path_atomic(path: Path, write: Callable[[str], object], suffix: str = ".tmp") -> None:
-    """Call write(temporary path), then rename that file to `path`; on failure remove it.
-
-    Also for libraries that write by file name (h5py, Keras). The temporary file sits in
-    the destination folder (made if missing) and ends with `suffix` (Keras picks its format
-    by the name); on any failure it is removed and `path` is left as it was. The file gets
-    the usual mode for new files (0666 less the umask), not mkstemp's 0600, so that a
-    serving process under another account can read it.
-    """
-    parent = path.parent if str(path.parent) else Path(".")
-    tmp = None
-    try:
-        with parents_made(path):
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=parent)
-            os.close(fd)
-            write(tmp)
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o666 & ~current_umask())
-            os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write: {exc.strerror or exc}", str(path)) from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_graph_def(graph_def: graph_pb2.GraphDef, path: Path, consts: ConstStore | None = None) -> None:

@@ -40,7 +40,7 @@ from graphfix.errors import (
     UnsupportedError,
 )
 from graphfix.io import keras_config
-from graphfix.io.graph_def_file import check_output_path, write_path_atomic
+from graphfix.io.output_paths import check_output, write_path_atomic
 from graphfix.report import plural
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -275,7 +275,7 @@ def convert_file(src, dst, force: bool = False, write_unchanged: bool = False) -
     False) unless write_unchanged (an explicit -o: the user expects the output to exist).
     """
     src, dst = Path(src), Path(dst)
-    check_output_path(dst, force, source=src)
+    check_output(dst, force, source=src)
     plan = read_plan(src)
     if not plan.changed and not write_unchanged:
         return plan

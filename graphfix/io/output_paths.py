@@ -1,17 +1,21 @@
-"""Where an output goes: `-o` as the user meant it, missing parent folders, the umask.
+"""Where an output goes and how it is written: `-o` as the user meant it, missing parent
+folders, the umask, atomic writes.
 
     resolve_output   -o DIR/ (or an existing folder) for a file output means DIR/<default name>;
                      a file-like name for a folder output (a SavedModel) is refused
     check_output     refuse before any work: an existing output without --force, the input
                      itself, a parent that cannot be made or written
     parents_made     make the missing parent folders for a write; remove them if it fails
+    write_*_atomic   a temporary file beside the output, renamed into place only when complete
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from graphfix.errors import OutputError
 
@@ -84,3 +88,44 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file and rename; leave nothing behind on failure."""
+    write_atomic(path, lambda handle: handle.write(data))
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call write(handle) on a temporary file, then rename it to `path` (`write_path_atomic`)."""
+    def write_file(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            write(handle)
+
+    write_path_atomic(path, write_file)
+
+
+def write_path_atomic(path: Path, write: Callable[[str], object], suffix: str = ".tmp") -> None:
+    """Call write(temporary path), then rename that file to `path`; on failure remove it.
+
+    Also for libraries that write by file name (h5py, Keras). The temporary file sits in
+    the destination folder (made if missing) and ends with `suffix` (Keras picks its format
+    by the name); on any failure it is removed and `path` is left as it was. The file gets
+    the usual mode for new files (0666 less the umask), not mkstemp's 0600, so that a
+    serving process under another account can read it.
+    """
+    parent = path.parent if str(path.parent) else Path(".")
+    tmp = None
+    try:
+        with parents_made(path):
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=parent)
+            os.close(fd)
+            write(tmp)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~current_umask())
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write: {exc.strerror or exc}", str(path)) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)

@@ -32,7 +32,7 @@ import numpy as np
 
 from graphfix.cudnn import gates, layout
 from graphfix.errors import UnsupportedError
-from graphfix.io import graph_def_file, keras_h5
+from graphfix.io import keras_h5, output_paths
 from graphfix.report import plural
 from graphfix.tools.inspect import FoundOp, Survey, inspect_model
 from graphfix.tools.keras_file import KerasExtraction, extract_keras
@@ -172,13 +172,13 @@ def extract(src: str | os.PathLike, dst: str | os.PathLike, force: bool = False,
     if not Path(src).is_dir() and keras_h5.is_hdf5_path(src):
         return extract_keras(src, dst, force)
     dst = Path(dst)
-    graph_def_file.check_output_path(dst, force, source=Path(src))
+    output_paths.check_output(dst, force, source=Path(src))
     result = extract_survey(inspect_model(src, gate_order))
     if not result.ops:
         return result
     buffer = io.BytesIO()
     np.savez(buffer, **result.arrays())
-    graph_def_file.write_bytes_atomic(dst, buffer.getvalue())
+    output_paths.write_bytes_atomic(dst, buffer.getvalue())
     result.output = str(dst)
     return result
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graphfix.io import graph_def_file, keras_h5
+from graphfix.io import keras_h5, output_paths
 from graphfix.report import plural
 from graphfix.version import __version__
 
@@ -97,12 +97,12 @@ def extract_keras(src: str | os.PathLike, dst: str | os.PathLike, force: bool = 
     Written atomically, only when there is something to write.
     """
     dst = Path(dst)
-    graph_def_file.check_output_path(dst, force, source=Path(src))
+    output_paths.check_output(dst, force, source=Path(src))
     plan = keras_h5.read_plan(src)
     result = KerasExtraction(plan.source, plan.layers)
     if result.ops:
         buffer = io.BytesIO()
         np.savez(buffer, **result.arrays())
-        graph_def_file.write_bytes_atomic(dst, buffer.getvalue())
+        output_paths.write_bytes_atomic(dst, buffer.getvalue())
         result.output = str(dst)
     return result

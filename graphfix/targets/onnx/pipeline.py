@@ -14,7 +14,7 @@ from pathlib import Path
 
 from graphfix.cudnn import gates
 from graphfix.errors import GraphfixError, OutputError, UnsupportedError, VerificationError
-from graphfix.io import graph_def_file
+from graphfix.io import output_paths
 from graphfix.io.output_paths import resolve_output
 from graphfix.report import ConvertedOp, Report
 from graphfix.targets.onnx import frozen, tf2onnx_hook
@@ -42,7 +42,7 @@ def convert_to_onnx(src, dst=None, force: bool = False, gate_order: str = gates.
     src = Path(src)
     gates.check(gate_order)
     dst = resolve_output(dst, default_output_path(src), folder_output=False)
-    graph_def_file.check_output_path(dst, force, source=src)
+    output_paths.check_output(dst, force, source=src)
     model_input = frozen.freeze(src, signature)
     left = frozen.cudnn_in_library(model_input.graph_def)
     if left:
@@ -76,7 +76,7 @@ def convert_to_onnx(src, dst=None, force: bool = False, gate_order: str = gates.
     if len(data) > _PROTO_LIMIT:
         raise OutputError("the ONNX model is over 2 GB, protobuf's limit for one file; graphfix does not write "
                           "ONNX external data yet", str(dst))
-    graph_def_file.write_bytes_atomic(dst, data)
+    output_paths.write_bytes_atomic(dst, data)
     report.output = str(dst)
     return report
 

@@ -35,7 +35,7 @@ from graphfix.errors import (
     UnsupportedError,
     VerificationError,
 )
-from graphfix.io import graph_def_file, saved_model_dir
+from graphfix.io import output_paths, saved_model_dir
 from graphfix.io.output_paths import parents_made, resolve_output
 from graphfix.report import Report
 from graphfix.targets.tflite import batch_dim, graph_def_input, tf1_freeze
@@ -127,9 +127,9 @@ def convert_for_tflite(src, dst=None, batch_size: int | None = None, tflite_file
         return report
     if not saved_model_dir.is_saved_model_dir(src):
         raise UnsupportedError("the TFLite target takes a SavedModel directory or a frozen GraphDef file", str(src))
-    graph_def_file.check_output_path(dst, force, source=src)
+    output_paths.check_output(dst, force, source=src)
     if tflite_file is not None:
-        graph_def_file.check_output_path(Path(tflite_file), force, source=src)
+        output_paths.check_output(Path(tflite_file), force, source=src)
     proto = saved_model_dir.read_saved_model(src)
     found = signature_batches(proto)
     batch = choose_batch(proto, batch_size, str(src), found)
@@ -182,7 +182,7 @@ def _write_outputs(src: Path, proto, converted, report: Report, dst: Path, tflit
             if not report.verification.ok:
                 raise VerificationError(report.verification.failure(), str(src), report=report)
         if content is not None and tflite_file is not None:
-            graph_def_file.write_bytes_atomic(Path(tflite_file), content)
+            output_paths.write_bytes_atomic(Path(tflite_file), content)
         try:
             saved_model_dir._move_into_place(ready, dst, force)
         except BaseException:
