@@ -3,13 +3,18 @@
 Usage (from the repo root):
     .venv/bin/python scripts/bench_tflite.py [--quick] [--rounds N]
 
-Per case (LSTM and GRU, one layer, return_sequences=True; batch x steps, features -> units),
-one Keras 3 model exported on its cuDNN path (patched on, as tests/builders/saved_models.py does),
-then, all with the same weights, in this process:
+Per case (LSTM, bidirectional LSTM and GRU, one layer, return_sequences=True; batch x steps,
+features -> units), one Keras 3 model exported on its cuDNN path (patched on, as
+tests/builders/saved_models.py does), then, all with the same weights, in this process:
 
     tflite        graphfix --target tflite -> .tflite (builtins only) in LiteRT (ai-edge-litert),
-                  num_threads = nproc. LSTM: fused UNIDIRECTIONAL_SEQUENCE_LSTM; GRU: WHILE.
-    tflite_loop   LSTM only: the same with --no-fused-lstm (a WHILE loop, no cell_clip)
+                  num_threads = nproc. LSTM: fused UNIDIRECTIONAL_SEQUENCE_LSTM; bidirectional
+                  LSTM: two of them, the backward one between REVERSE_V2 ops; GRU: WHILE.
+    tflite_loop   LSTMs only: the same with --no-fused-lstm (WHILE loops, no cell_clip)
+    reverse_pair  bidirectional LSTM only: a .tflite of just the two REVERSE_V2 ops the backward
+                  direction costs ([T, B, features] and [T, B, units]). TF 2.21's converter makes
+                  no BIDIRECTIONAL_SEQUENCE_LSTM (whose kernel runs the same LSTM loop per
+                  direction, lstm_eval.cc, without reversing), so this bounds what it could save.
     cpu_sm        graphfix (default target) SavedModel, tf.saved_model.load(...).serve
     keras         tf.function(lambda x: model(x)) of the Keras 3 model on its CPU path
 
@@ -59,7 +64,9 @@ def build(kind, batch, steps, features, units, root: Path):
     from graphfix.targets import tflite
 
     x = keras.Input((steps, features))
-    layer = (keras.layers.LSTM if kind == "lstm" else keras.layers.GRU)(units, return_sequences=True)
+    layer = (keras.layers.GRU if kind == "gru" else keras.layers.LSTM)(units, return_sequences=True)
+    if kind == "bilstm":
+        layer = keras.layers.Bidirectional(layer)
     model = keras.Model(x, layer(x))
     rng = np.random.default_rng(0)
     model.set_weights([rng.uniform(-0.3, 0.3, np.shape(w)).astype(np.float32) for w in model.get_weights()])
@@ -69,11 +76,25 @@ def build(kind, batch, steps, features, units, root: Path):
     api.convert(root / "cudnn", root / "cpu")
     tflite.convert_for_tflite(root / "cudnn", root / "tfl", batch_size=batch, tflite_file=root / "m.tflite")
     files = {"tflite": root / "m.tflite"}
-    if kind == "lstm":
+    if kind != "gru":
         tflite.convert_for_tflite(root / "cudnn", root / "tfl_loop", batch_size=batch,
                                   tflite_file=root / "loop.tflite", fuse_lstm=False)
         files["tflite_loop"] = root / "loop.tflite"
+    if kind == "bilstm":
+        files["reverse_pair"] = root / "reverse.tflite"
+        files["reverse_pair"].write_bytes(reverse_pair(batch, steps, features, units))
     return model, files
+
+
+def reverse_pair(batch, steps, features, units) -> bytes:
+    """The backward direction's two REVERSE_V2 ops alone (its input [T, B, I], its output [T, B, H])."""
+    module = tf.Module()
+    module.reverse = tf.function(lambda x, y: {"x": tf.reverse(x, [0]), "y": tf.reverse(y, [0])},
+                                 input_signature=[tf.TensorSpec([steps, batch, features], name="x"),
+                                                  tf.TensorSpec([steps, batch, units], name="y")])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.reverse.get_concrete_function()], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter.convert()
 
 
 def candidates(model, files, root: Path, feed: np.ndarray):
@@ -85,6 +106,11 @@ def candidates(model, files, root: Path, feed: np.ndarray):
         interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count())
         runner = interpreter.get_signature_runner("serving_default")
         ops = sorted(set(tflite.tflite_ops(path.read_bytes())))
+        if name == "reverse_pair":  # times the ops, computes nothing comparable (NaN difference)
+            x = np.ascontiguousarray(feed.transpose(1, 0, 2))
+            y = np.zeros(x.shape[:2] + (runner.get_input_details()["y"]["shape"][2],), np.float32)
+            out[name] = (lambda r=runner, x=x, y=y: (r(x=x, y=y), np.nan)[1], ops)
+            continue
         out[name] = (lambda r=runner: r(x=feed)["output_0"], ops)
     loaded = tf.saved_model.load(str(root / "cpu"))  # kept alive by the closure: it owns the variables
     x = tf.constant(feed)
@@ -119,7 +145,7 @@ def main() -> None:
     cases = QUICK if args.quick else CASES
     rounds = 3 if args.quick else args.rounds
     print(f"TF {tf.__version__}, {os.cpu_count()} CPUs; median ms per call over {rounds} rounds")
-    for kind in ("lstm", "gru"):
+    for kind in ("lstm", "bilstm", "gru"):
         for batch, steps, features, units in cases:
             with tempfile.TemporaryDirectory() as tmp:
                 root = Path(tmp)

@@ -54,6 +54,9 @@ def test_contrib_savedmodel_to_litert(mode, bidirectional, layers, tmp_path):
     directions = layers * (2 if bidirectional else 1)
     assert ops.count(LSTM_OP) == (directions if mode == "lstm" else 0), ops
     assert (WHILE in ops) == (mode == "gru"), ops
+    assert "BIDIRECTIONAL_SEQUENCE_LSTM" not in ops  # the converter has no route to it: the report says so
+    if mode == "lstm" and bidirectional:
+        assert all("no BIDIRECTIONAL_SEQUENCE_LSTM" in h for h in report.helpers if "-> fused LSTM" in h), report.lines()
     for call in range(2):  # nothing carried from one invocation to the next
         errors = max_errors(run_litert(content, case.feeds), case.expected)
         assert max(errors.values()) <= ATOL, f"LiteRT vs reference, call {call}: {errors}"
@@ -114,6 +117,25 @@ def test_frozen_graph_def_accepted(tmp_path):
     assert WHILE in tflite.tflite_ops(content) and LSTM_OP not in tflite.tflite_ops(content)
     want = reference.forward(spec, layout.unpack(case.buffer, spec), case.x, case.h0, case.c0)
     (got,) = run_litert(content, [{"x": case.x}])
+    for key, value in zip(("out0", "out1", "out2"), want):
+        assert np.max(np.abs(got[key] - value)) <= ATOL, key
+
+
+@pytest.mark.parametrize("directions", [1, 2], ids=["uni", "bi"])
+def test_projection_lstm_runs_as_a_loop_and_says_why(directions, tmp_path):
+    """An LSTM with num_proj (V3) has no fused form the converter makes: a While loop, exact."""
+    spec = layout.RnnSpec("lstm", 1, 5, 3, directions, "linear_input", 3)
+    case = raw_graphs.build(spec, op="CudnnRNNV3", params_source="const", feed_states=False, batch=BATCH)
+    (tmp_path / "m.pb").write_bytes(case.graph_def.SerializeToString())
+    report = tflite.convert_for_tflite(tmp_path / "m.pb", tmp_path / "out", batch_size=BATCH,
+                                       tflite_file=tmp_path / "m.tflite")
+    (line,) = [h for h in report.helpers if "-> While loop" in h]
+    assert "LSTM with projection: the TFLite converter fuses only Keras-style LSTM functions" in line, line
+    content = (tmp_path / "m.tflite").read_bytes()
+    assert WHILE in tflite.tflite_ops(content) and LSTM_OP not in tflite.tflite_ops(content)
+    want = reference.forward(spec, layout.unpack(case.buffer, spec), case.x, case.h0, case.c0)
+    (got,) = run_litert(content, [{"x": case.x}])
+    assert got["out0"].shape == (case.x.shape[0], BATCH, directions * 3)
     for key, value in zip(("out0", "out1", "out2"), want):
         assert np.max(np.abs(got[key] - value)) <= ATOL, key
 

@@ -46,7 +46,7 @@ class TfliteTarget:
                                        "--batch-size N", f"{body.where}, node {node.name!r}")
         why_not = _why_not_fused(body, node, fop, self.fetches) if self.fuse_lstm else "--no-fused-lstm"
         call = dataclasses.replace(cpu.call_for(fop), static_batch=batch, fused_lstm=why_not is None)
-        how = "fused LSTM (UNIDIRECTIONAL_SEQUENCE_LSTM)" if why_not is None else f"While loop ({why_not})"
+        how = _fused_how(fop.spec) if why_not is None else f"While loop ({why_not})"
         report.helpers.append(f"TFLite: {node.name!r} ({body.where}) -> {how}")
         if why_not is None:
             _warn_cell_clip(body, node, fop, report)
@@ -76,12 +76,24 @@ def _warn_cell_clip(body: Body, node, fop, report: Report) -> None:
             "(a While loop: exact, slower)")
 
 
+def _fused_how(spec: RnnSpec) -> str:
+    if spec.num_dirs == 1:
+        return "fused LSTM (UNIDIRECTIONAL_SEQUENCE_LSTM)"
+    # TF 2.21's converter fuses LSTM composites into the unidirectional op only; no pass
+    # produces BIDIRECTIONAL_SEQUENCE_LSTM from a TensorFlow graph (docs/tflite.md).
+    return ("fused LSTM (one UNIDIRECTIONAL_SEQUENCE_LSTM per direction, the backward one between "
+            "REVERSE_V2 ops: the TFLite converter produces no BIDIRECTIONAL_SEQUENCE_LSTM)")
+
+
 def _why_not_fused(body: Body, node, fop, fetches=frozenset()) -> str | None:
     spec = fop.spec
     if spec.mode != "lstm":
         return f"{spec.mode}: TFLite fuses LSTMs only"
     if spec.num_proj:
-        return "LSTM with projection"
+        # UNIDIRECTIONAL_SEQUENCE_LSTM has projection inputs, but the converter's LSTM fusion
+        # (utils/lstm_utils.cc, ConvertKerasLSTMLayer) takes Keras's signature, which has none.
+        return ("LSTM with projection: the TFLite converter fuses only Keras-style LSTM functions, "
+                "which have no projection weights")
     if not spec.has_input_weights(0):
         return "skip_input LSTM"
     if fop.dtype != tf.float32:
