@@ -1,0 +1,65 @@
+"""The CPU target's While loop, at batch sizes on both sides of IN_LOOP_MIN_BATCH.
+
+    x --> [batch >= IN_LOOP_MIN_BATCH ?] --yes--> loop: x_t @ kernel inside each step
+                                         '--no---> one MatMul for all steps, then the loop
+
+(LSTMs that BlockLSTMV2 computes take the loop only above BLOCK_LSTM_MAX_BATCH: see
+test_cpu_block_lstm.py.) Oracles: Keras's own CPU layers (frozen Keras graphs fed a batch
+large enough for the per-step branch) and the numpy reference of cuDNN.
+"""
+
+import numpy as np
+import pytest
+from builders import keras_graphs
+from builders.raw_graphs import build, run_graph_def
+
+import graphfix
+from graphfix.cudnn import layout, reference
+from graphfix.graph.bodies import find_cudnn_nodes
+from graphfix.targets import cpu
+
+TOL = 1e-5
+BATCHES = [cpu.IN_LOOP_MIN_BATCH - 1, cpu.IN_LOOP_MIN_BATCH + 2]
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("lengths", ["none", "short"])
+@pytest.mark.parametrize("spec", [
+    layout.RnnSpec("gru", 2, 5, 3, 2),
+    layout.RnnSpec("rnn_tanh", 1, 4, 3, 2),
+    layout.RnnSpec("rnn_relu", 1, 4, 3, 1),
+    layout.RnnSpec("lstm", 1, 6, 3, 2, num_proj=4),
+    layout.RnnSpec("lstm", 1, 4, 4, 1, "skip_input"),
+    layout.RnnSpec("gru", 1, 4, 4, 2, "skip_input"),
+], ids=lambda s: f"{s.mode}-{s.num_layers}x{s.num_dirs}-proj{s.num_proj}-{s.input_mode}")
+def test_loop_matches_reference_on_both_sides(spec, lengths, batch):
+    steps = 6
+    lens = None if lengths == "none" else np.array([steps, 0, 3] + [steps - 2] * (batch - 3))
+    case = build(spec, op="CudnnRNNV3", lengths=lens, batch=batch, steps=steps, seed=batch * 3 + len(spec.mode))
+    converted, _ = graphfix.convert_graph_def(case.graph_def)
+    assert find_cudnn_nodes(converted) == []
+    if spec.input_mode != "skip_input":  # both loops are in the graph; the per-step one multiplies x_t too
+        per_step = (2 + bool(spec.num_proj)) * cpu._UNROLL  # x_t, h (and the projection) per unrolled step
+        counts = {sum(n.op == "MatMul" for n in f.node_def) for f in converted.library.function}
+        assert per_step in counts and per_step - cpu._UNROLL in counts, counts
+    got = run_graph_def(converted, case.feeds, case.fetches)
+    weights = layout.unpack(case.buffer.astype(np.float64), spec)
+    expected = reference.forward(spec, weights, case.x, case.h0, case.c0, case.lengths)
+    for name, g, e in zip(("output", "output_h", "output_c"), got, expected):
+        assert g.shape == e.shape, name
+        assert float(np.max(np.abs(g - e))) <= TOL, name
+
+
+@pytest.mark.parametrize("name", ["keras3_gru_state_dynamic_batch", "tf_keras_cudnn_gru_initial_state_dynamic_batch"])
+def test_keras_gru_at_a_larger_batch(name):
+    """Keras's CPU GRU (the case's expected values) against the converted graph, with the
+    case's examples repeated to a batch that takes the per-step branch."""
+    case = keras_graphs.BUILDERS[name](2)
+    converted, _ = graphfix.convert_graph_def(case.graph_def)
+    rows = len(next(iter(case.feeds.values())))
+    repeat = -(-(cpu.IN_LOOP_MIN_BATCH + 1) // rows)
+    feeds = {k: np.concatenate([v] * repeat) for k, v in case.feeds.items()}
+    assert len(next(iter(feeds.values()))) >= cpu.IN_LOOP_MIN_BATCH
+    got = keras_graphs.run_graph_def(converted, feeds, case.fetches)
+    for g, e in zip(got, case.expected):
+        np.testing.assert_allclose(g, np.concatenate([e] * repeat), atol=TOL, rtol=0)
