@@ -1,7 +1,7 @@
 """Where a converted model's inference time goes, op type by op type, beside Keras's CPU path.
 
 Usage (from the repo root):
-    .venv/bin/python scripts/bench_profile.py [--kind lstm|gru] [--case B,T,I,H] [--runs N]
+    .venv/bin/python scripts/bench_profile.py [--kind lstm|gru] [--case B,T,I,H] [--bidirectional] [--runs N]
 
 A diagnostic for bench_inference.py. One Keras 3 layer (return_sequences=True) is exported
 twice: on the cuDNN path, then converted by graphfix, and on Keras's own CPU path. Each
@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=9, help="untraced interleaved rounds")
     parser.add_argument("--top", type=int, default=14)
     parser.add_argument("--nodes", default="", help="comma list of op types whose costliest nodes to list")
+    parser.add_argument("--bidirectional", action="store_true", help="the layer in keras.layers.Bidirectional")
     args = parser.parse_args(argv)
     B, T, I, H = (int(v) for v in args.case.split(","))
 
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
     import keras
     keras.utils.set_random_seed(0)
     inp = keras.Input((T, I))
-    model = keras.Model(inp, getattr(keras.layers, args.kind.upper())(H, return_sequences=True)(inp))
+    layer = getattr(keras.layers, args.kind.upper())(H, return_sequences=True)
+    model = keras.Model(inp, (keras.layers.Bidirectional(layer) if args.bidirectional else layer)(inp))
     x = np.random.default_rng(0).standard_normal((B, T, I)).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="bench_profile_") as tmp:
         work = Path(tmp)
@@ -99,7 +101,8 @@ def main(argv=None) -> int:
     samples = bc.interleave({k: (lambda m: lambda: m(x))(m) for k, m in models.items()}, rounds=args.rounds)
     profiles = {k: m.profile(x, args.runs) for k, m in models.items()}
 
-    print(f"# bench_profile: {args.kind.upper()} batch {B} x {T} steps, {I} -> {H} (TF1 Session, FULL_TRACE)\n")
+    kind = ("bidirectional " if args.bidirectional else "") + args.kind.upper()
+    print(f"# bench_profile: {kind} batch {B} x {T} steps, {I} -> {H} (TF1 Session, FULL_TRACE)\n")
     print("\n".join(bc.machine_lines()))
     print(f"- max abs difference graphfix vs keras3 CPU: {diff:.1e}\n")
     rows = []

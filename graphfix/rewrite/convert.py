@@ -6,6 +6,8 @@ The pipeline, per body (the graph, then each library function that can run)::
     each CudnnRNN/V2/V3:  read_forward_op -> the target plans and traces its function
                           -> fold or slice params -> splice a call under the node's name
     prune the pure nodes that only built folded params buffers
+    targets with `gather_reverse_sequences`: Keras's ReverseSequence ops on the converted
+                          ops' lengths -> one row gather each (reverse_sequence.py)
     each helper op:       HELPER_HANDLERS[op] (Const, concat, slices)
     drop colocation constraints (`_class: loc:@X`) naming a node that was removed
     check: no cuDNN op left
@@ -37,6 +39,7 @@ from graphfix.rewrite.context import Context
 from graphfix.rewrite.forward_op import FORWARD_OPS, Shapes
 from graphfix.rewrite.helper_ops import HELPER_HANDLERS
 from graphfix.rewrite.replace_forward import convert_forward
+from graphfix.rewrite.reverse_sequence import replace_reverse_sequences
 from graphfix.rewrite.splice import drop_colocation_with, prune_dead
 from graphfix.rewrite.target import Target
 
@@ -110,6 +113,8 @@ def _replace_ops(ctx: Context, body: Body) -> None:
         raise UnsupportedError(
             f"this is a training graph: it computes cuDNN RNN gradients ({backprop[0].op}); "
             "convert the inference graph instead", f"{body.where}, node {backprop[0].name!r}")
+    # CudnnRNNV3's sequence_lengths (input 4), read before the ops are replaced
+    lengths = {body.parse_input(n.input[4]) for n in nodes if n.op == "CudnnRNNV3" and len(n.input) > 4}
     for node in nodes:
         if node.op in FORWARD_OPS:
             log.info("converting %s %r (%s)", node.op, node.name, body.where)
@@ -117,6 +122,10 @@ def _replace_ops(ctx: Context, body: Body) -> None:
             if params_ref is not None:
                 folded_params.append(params_ref)
     ctx.report.removed_nodes += prune_dead(body, folded_params)
+    if getattr(ctx.target, "gather_reverse_sequences", False):
+        for name in replace_reverse_sequences(ctx, body, lengths - {None}):
+            ctx.report.helpers.append(f"ReverseSequence {name!r} ({body.where}) -> one gather of rows "
+                                      "(the same values; TensorFlow's CPU kernel for it is slow)")
     for node in list(body.nodes):
         handler = HELPER_HANDLERS.get(node.op)
         if handler is not None:

@@ -16,6 +16,9 @@ Per forward op, the rewrite calls::
     # other tensors (Keras 3's variables): then the slots are read from those tensors
     # (`weight_sources.py`, a function name + "_weights" that the rewrite traces itself)
     traced = target.trace_params_unpack(spec, dtype, name + "_unpack_params", gate_order)
+    # `gather_reverse_sequences = True`: the ReverseSequence ops that read a converted
+    # CudnnRNNV3's sequence_lengths (Keras's go_backwards) become row gathers
+    # (`reverse_sequence.py`)
 
 The traced RNN function takes (input, input_h, input_c, [sequence_lengths], weight
 slots...) in `cudnn.weights.weight_slots` order and returns the op's outputs in order.
