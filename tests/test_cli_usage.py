@@ -16,7 +16,6 @@ not installed" message (exit 1) instead of argparse's usage error (exit 2).
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import sys

@@ -30,6 +30,7 @@ from graphfix.errors import GraphfixError
 from graphfix.graph.bodies import bodies, reachable_functions
 from graphfix.report import Report
 from graphfix.targets.tflite import to_tflite
+from graphfix.targets.tflite.fused_lstm import PLAIN_PREFIX, PROJECTED_PREFIX
 from graphfix.tools import verify
 from graphfix.tools.inspect import survey_graph_def
 
@@ -135,9 +136,11 @@ def _static_graph(graph_def: graph_pb2.GraphDef, feeds: dict) -> graph_pb2.Graph
 
 
 def _is_fused(graph_def: graph_pb2.GraphDef) -> bool:
-    """Whether the op's function calls TFLite's fusable LSTM composite (attribute api_implements lstm_*)."""
+    """Whether the op's function calls a fused-LSTM composite (api_implements `fused_lstm.PLAIN_PREFIX`
+    or `PROJECTED_PREFIX`)."""
     used = reachable_functions(graph_def)
-    return any(f.signature.name in used and f.attr["api_implements"].s.decode().startswith("lstm_")
+    composite = (PLAIN_PREFIX, PROJECTED_PREFIX)
+    return any(f.signature.name in used and f.attr["api_implements"].s.decode().startswith(composite)
                for f in graph_def.library.function if "api_implements" in f.attr)
 
 

@@ -121,23 +121,67 @@ def test_frozen_graph_def_accepted(tmp_path):
         assert np.max(np.abs(got[key] - value)) <= ATOL, key
 
 
+def _projection_graph(spec: layout.RnnSpec, steps: int, seed: int):
+    """x [T, B, I] (static) -> CudnnRNNV3 (num_proj, full constant lengths) -> out0 (y), out1 (h_n)."""
+    rng = np.random.default_rng(seed)
+    params = (rng.standard_normal(layout.params_size(spec)) * 0.4).astype(np.float32)
+    LD = spec.num_layers * spec.num_dirs
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [steps, BATCH, spec.input_size], name="x")
+        out = tf.raw_ops.CudnnRNNV3(
+            input=x, input_h=tf.zeros([LD, BATCH, spec.hidden_size]), input_c=tf.zeros([LD, BATCH, spec.num_units]),
+            params=tf.constant(params), sequence_lengths=tf.fill([BATCH], steps), rnn_mode="lstm",
+            direction="bidirectional" if spec.num_dirs == 2 else "unidirectional", num_proj=spec.num_proj,
+            is_training=False, name="rnn")
+        tf.identity(out[0], name="out0")
+        tf.identity(out[1], name="out1")
+    return graph.as_graph_def(), params
+
+
 @pytest.mark.parametrize("directions", [1, 2], ids=["uni", "bi"])
-def test_projection_lstm_runs_as_a_loop_and_says_why(directions, tmp_path):
-    """An LSTM with num_proj (V3) has no fused form the converter makes: a While loop, exact."""
+def test_projection_lstm_fuses_with_projection_weights(directions, tmp_path):
+    """An LSTM with num_proj becomes UNIDIRECTIONAL_SEQUENCE_LSTM with its projection operand
+    (through the stub op), one per direction, within 1e-5 of the numpy reference past 10 steps."""
     spec = layout.RnnSpec("lstm", 1, 5, 3, directions, "linear_input", 3)
-    case = raw_graphs.build(spec, op="CudnnRNNV3", params_source="const", feed_states=False, batch=BATCH)
-    (tmp_path / "m.pb").write_bytes(case.graph_def.SerializeToString())
-    report = tflite.convert_for_tflite(tmp_path / "m.pb", tmp_path / "out", batch_size=BATCH,
-                                       tflite_file=tmp_path / "m.tflite")
-    (line,) = [h for h in report.helpers if "-> While loop" in h]
-    assert "LSTM with projection: the TFLite converter fuses only Keras-style LSTM functions" in line, line
+    steps = 14
+    graph_def, params = _projection_graph(spec, steps, seed=directions)
+    (tmp_path / "m.pb").write_bytes(graph_def.SerializeToString())
+    report = tflite.convert_for_tflite(tmp_path / "m.pb", tmp_path / "out", tflite_file=tmp_path / "m.tflite")
+    (line,) = [h for h in report.helpers if "-> fused LSTM" in h]
+    assert "with projection weights" in line, line
     content = (tmp_path / "m.tflite").read_bytes()
-    assert WHILE in tflite.tflite_ops(content) and LSTM_OP not in tflite.tflite_ops(content)
-    want = reference.forward(spec, layout.unpack(case.buffer, spec), case.x, case.h0, case.c0)
-    (got,) = run_litert(content, [{"x": case.x}])
-    assert got["out0"].shape == (case.x.shape[0], BATCH, directions * 3)
-    for key, value in zip(("out0", "out1", "out2"), want):
+    ops = tflite.tflite_ops(content)
+    assert ops.count(LSTM_OP) == directions and WHILE not in ops, ops
+    model = tflite_model(content)
+    assert all(op_inputs(model, i)[16] >= 0 for i in range(len(ops)) if ops[i] == LSTM_OP)  # the projection operand
+    x = np.random.default_rng(7).standard_normal((steps, BATCH, 3)).astype(np.float32) * 2
+    zeros = np.zeros((directions, BATCH, 5), np.float32)
+    want = reference.forward(spec, layout.unpack(params, spec), x, zeros[..., :3], zeros)
+    (got,) = run_litert(content, [{"x": x}])
+    for key, value in zip(("out0", "out1"), want):
+        assert got[key].shape == value.shape, key
         assert np.max(np.abs(got[key] - value)) <= ATOL, key
+
+
+def test_cli_verify_projection_lstm(tmp_path):
+    """--verify runs the fused projection LSTM alone in LiteRT against the numpy reference."""
+    graph_def, _ = _projection_graph(layout.RnnSpec("lstm", 2, 5, 3, 2, "linear_input", 3), 12, seed=3)
+    (tmp_path / "m.pb").write_bytes(graph_def.SerializeToString())
+    proc = run_cli(tmp_path / "m.pb", "--target", "tflite", "--verify")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok   CudnnRNNV3 'rnn' (graph [LiteRT])" in proc.stdout and "verify passed" in proc.stdout, proc.stdout
+    assert tflite.tflite_ops((tmp_path / "m.tflite").read_bytes()).count(LSTM_OP) == 4
+
+
+def tflite_model(content: bytes):
+    from tensorflow.lite.python import schema_py_generated as schema
+    return schema.Model.GetRootAsModel(content, 0)
+
+
+def op_inputs(model, index: int) -> list[int]:
+    op = model.Subgraphs(0).Operators(index)
+    return [op.Inputs(i) for i in range(op.InputsLength())]
 
 
 def test_cli_verify_through_litert(tmp_path):

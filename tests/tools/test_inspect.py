@@ -18,7 +18,7 @@ from builders.raw_graphs import build
 from builders.tool_models import run_cli, save_keras3_lstm_gru
 
 from graphfix.cudnn import layout
-from graphfix.tools.inspect import inspect_model, survey_graph_def
+from graphfix.tools.inspect import survey_graph_def
 
 
 def _one(graph_def, **kwargs):

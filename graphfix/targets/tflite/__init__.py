@@ -1,7 +1,8 @@
 """`--target tflite`: a fixed-batch SavedModel that converts with TFLITE_BUILTINS alone, and its .tflite.
 
     plan.py         per op: fused LSTM or static While loop (TfliteTarget)
-    fused_lstm.py   the composite LSTM function TFLite's converter fuses
+    fused_lstm.py   the composite LSTM function (projection included) that becomes one fused op
+    stub_lstm.py    the .tflite's fused LSTMs: each composite call -> TFLite's stub op (no cell_clip)
     saved_model.py  the pipeline: rewrite, re-save with a fixed batch, convert (convert_for_tflite)
     batch_dim.py    which signature input dimension is the batch (reaches a cuDNN op's batch)
     tf1_freeze.py   TF1 SavedModels frozen after the rewrite (ref variables the saver restores)

@@ -1,8 +1,9 @@
 """The TFLite target, per op: a fused LSTM (UNIDIRECTIONAL_SEQUENCE_LSTM) where TFLite can fuse it, else a static While loop.
 
 An LSTM layer/direction is fused only when its sequence lengths are every example's full
-length (Keras without masking), its final cell state is unused, it has no projection and
-no skip input, and it is float32; the report says which way each op went and why.
+length (Keras without masking), its final cell state is unused, it has no skip input, and
+it is float32 (projections are fused too, through `stub_lstm.py`); the report says which way
+each op went and why.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class TfliteTarget:
         how = _fused_how(fop.spec) if why_not is None else f"While loop ({why_not})"
         report.helpers.append(f"TFLite: {node.name!r} ({body.where}) -> {how}")
         if why_not is None:
-            _warn_cell_clip(body, node, fop, report)
+            _note_cell_clip(body, node, fop, report)
         return call
 
     def share_key(self, plan: cpu.RnnCall, function_name: str):
@@ -64,19 +65,21 @@ class TfliteTarget:
         return cpu.trace_params_unpack(spec, dtype, function_name, gate_order)
 
 
-def _warn_cell_clip(body: Body, node, fop, report: Report) -> None:
+def _note_cell_clip(body: Body, node, fop, report: Report) -> None:
     steps = fop.x_shape[0 if fop.time_major else 1] if fop.x_shape.rank else None
-    if steps is None or steps > CELL_CLIP:
+    if not fop.spec.num_proj and (steps is None or steps > CELL_CLIP):
         # |c_t| <= |c_{t-1}| + 1 (forget gate < 1, |i * g| < 1): from a zero state no
         # clipping can happen within 10 steps; beyond, it can.
-        report.warnings.append(
-            f"{body.where}, node {node.name!r}: TFLite's fused LSTM clips the cell state to +-10 "
-            f"(cell_clip); with {steps or 'an open number of'} time steps |c| can exceed 10 and the TFLite "
-            "results then differ from TensorFlow's; check on your data, or pass --no-fused-lstm "
-            "(a While loop: exact, slower)")
+        report.helpers.append(
+            f"TFLite: {node.name!r} ({body.where}): the .tflite graphfix writes does not clip the cell state; "
+            "TFLiteConverter.from_saved_model on the output folder fuses this LSTM the Keras way, which clips "
+            f"it to +-10 (cell_clip), and with {steps or 'an open number of'} time steps |c| can exceed 10")
 
 
 def _fused_how(spec: RnnSpec) -> str:
+    if spec.num_proj:
+        return ("fused LSTM (UNIDIRECTIONAL_SEQUENCE_LSTM with projection weights"
+                + (", one per direction" if spec.num_dirs == 2 else "") + ")")
     if spec.num_dirs == 1:
         return "fused LSTM (UNIDIRECTIONAL_SEQUENCE_LSTM)"
     # TF 2.21's converter fuses LSTM composites into the unidirectional op only; no pass
@@ -89,11 +92,6 @@ def _why_not_fused(body: Body, node, fop, fetches=frozenset()) -> str | None:
     spec = fop.spec
     if spec.mode != "lstm":
         return f"{spec.mode}: TFLite fuses LSTMs only"
-    if spec.num_proj:
-        # UNIDIRECTIONAL_SEQUENCE_LSTM has projection inputs, but the converter's LSTM fusion
-        # (utils/lstm_utils.cc, ConvertKerasLSTMLayer) takes Keras's signature, which has none.
-        return ("LSTM with projection: the TFLite converter fuses only Keras-style LSTM functions, "
-                "which have no projection weights")
     if not spec.has_input_weights(0):
         return "skip_input LSTM"
     if fop.dtype != tf.float32:

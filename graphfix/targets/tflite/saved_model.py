@@ -5,7 +5,7 @@
          reaches a cuDNN op's batch under shape inference; time-major x [T, B, I] -> 1)
       -> rewrite with a fixed batch B: every loop state static; each LSTM layer/direction
          whose sequence lengths are full and whose output_c is unused becomes a call of the
-         fusable composite function (fused_lstm.py; plan.py decides); the rest (GRU, SimpleRNN,
+         composite function (fused_lstm.py; plan.py decides); the rest (GRU, SimpleRNN,
          masked or return_state LSTMs) a While loop with static TensorList element shapes
       -> TF1 SavedModels only: frozen in a Session (tf1_freeze.py: ref variables that the
          saver's restore fills would be lost by the re-save)
@@ -14,7 +14,8 @@
          TFLite needs the states' shapes static, and they derive from the input's batch;
          frozen (variables folded into constants) when no LSTM is fused, since TF 2.21's
          from_saved_model lowers the loops' TensorList ops only so (`_save_for_tflite`)
-      -> optionally TFLITE_BUILTINS-only conversion of the signature -> FILE.tflite
+      -> optionally TFLITE_BUILTINS-only conversion of the signature -> FILE.tflite, each
+         composite call a UNIDIRECTIONAL_SEQUENCE_LSTM (stub_lstm.py: no cell_clip, projections)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from graphfix.errors import (
 from graphfix.io import output_paths, saved_model_dir
 from graphfix.io.output_paths import parents_made, resolve_output
 from graphfix.report import Report
-from graphfix.targets.tflite import batch_dim, graph_def_input, tf1_freeze
+from graphfix.targets.tflite import batch_dim, graph_def_input, stub_lstm, tf1_freeze
 from graphfix.targets.tflite.plan import TfliteTarget
 
 
@@ -175,7 +176,7 @@ def _write_outputs(src: Path, proto, converted, report: Report, dst: Path, tflit
             report.warnings.append(
                 "this model has both fused LSTMs and While loops: TFLiteConverter.from_saved_model (TF 2.21) "
                 "cannot convert the output folder with builtins only; use the .tflite graphfix writes, or "
-                "graphfix.targets.tflite.to_tflite(folder), which convert through the signature's concrete function")
+                "graphfix.targets.tflite.to_tflite(folder)")
         content = to_tflite(ready) if tflite_file is not None or check is not None else None
         if check is not None:
             report.verification = check(proto, converted, ready, content, report, batch)
@@ -270,21 +271,25 @@ def to_tflite(saved_model_dir, signature: str = "serving_default") -> bytes:
     """TFLITE_BUILTINS-only conversion (no Flex, no TF ops) of one signature of a SavedModel
     that `convert_for_tflite` wrote.
 
-    Through the loaded signature's concrete function, which converts every output;
-    `from_saved_model` converts those without both fused LSTMs and While loops (see
-    `_save_for_tflite`).
+    With fused LSTMs (graphfix's composite functions), through TFLite's stub op
+    (`stub_lstm.py`: no cell_clip, projections fused); otherwise through the loaded
+    signature's concrete function, which converts every output (`from_saved_model`
+    converts those without both fused LSTMs and While loops, see `_save_for_tflite`).
     """
     loaded = tf.saved_model.load(str(saved_model_dir))
     if signature not in loaded.signatures:
         raise UnsupportedError(f"no signature {signature!r} (has {sorted(loaded.signatures)})", str(saved_model_dir))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([loaded.signatures[signature]], loaded)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     try:
+        if stub_lstm.has_composites(saved_model_dir):  # fused LSTMs: without cell_clip, with projections
+            return stub_lstm.convert(saved_model_dir, signature)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([loaded.signatures[signature]], loaded)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         return converter.convert()
     except Exception as exc:  # the converter raises ConverterError with MLIR diagnostics
-        first = str(exc).strip().splitlines()
+        lines = str(exc).strip().splitlines()
+        said = [line for line in lines if "error" in line.lower()] or lines[:1]
         raise UnsupportedError("the TFLite converter (TFLITE_BUILTINS only) refused the converted model: "
-                               + " | ".join(line for line in first if "error" in line.lower())[:2000],
+                               + " | ".join(said)[:2000],
                                str(saved_model_dir)) from None
 
 
