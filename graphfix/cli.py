@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tflite", metavar="FILE", help="--target tflite: where to write the .tflite model "
                                                          "(default: MODEL.tflite beside the input)")
     parser.add_argument("--no-fused-lstm", action="store_true",
-                        help="--target tflite: LSTMs as While loops, not TFLite's fused LSTM (which clips the "
-                             "cell state to +-10)")
+                        help="--target tflite: LSTMs as While loops of builtin ops, not TFLite's fused "
+                             "UNIDIRECTIONAL_SEQUENCE_LSTM")
     _common(parser)
     return parser
 

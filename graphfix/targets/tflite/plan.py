@@ -22,7 +22,7 @@ from graphfix.report import Report
 from graphfix.targets import cpu
 from graphfix.targets.tflite.fused_lstm import fused_direction
 
-CELL_CLIP = 10.0  # TFLite's fused LSTM clips the cell state to +-10
+CELL_CLIP = 10.0  # the converter's own LSTM fusion clips the cell state to +-10 (graphfix's stub op does not)
 
 
 @dataclasses.dataclass(frozen=True)
