@@ -112,7 +112,8 @@ def _composite_calls(graph_def: graph_pb2.GraphDef) -> list:
               if any(n.op in ("PartitionedCall", "StatefulPartitionedCall") and n.attr["f"].func.name in marked
                      for n in f.node_def)]
     if nested:  # freezing inlines every unmarked call, so composites end up in the graph itself
-        raise ValueError(f"fused LSTM composite still called from library function {nested[0]!r} after freezing")
+        raise ValueError(f"a fused LSTM is still called from library function {nested[0]!r} after freezing (inside "
+                         "a loop or branch of the model?); convert with --no-fused-lstm")
     return calls
 
 
