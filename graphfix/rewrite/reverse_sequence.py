@@ -40,10 +40,11 @@ def replace_reverse_sequences(ctx: Context, body: Body, lengths: set[TensorRef])
     sequence_lengths of the CudnnRNNV3 ops converted in it). Returns the names rewritten."""
     done = []
     for node in list(body.nodes):
-        if node.op != "ReverseSequence" or len(body.data_inputs(node)) != 2:
+        if node.op != "ReverseSequence":
             continue
+        data_refs = body.data_inputs(node)
         seq_dim, batch_dim = node.attr["seq_dim"].i, node.attr["batch_dim"].i
-        if body.data_inputs(node)[1] not in lengths or (seq_dim, batch_dim) not in LAYOUTS:
+        if len(data_refs) != 2 or data_refs[1] not in lengths or (seq_dim, batch_dim) not in LAYOUTS:
             continue
         config = (tf.as_dtype(node.attr["T"].type), tf.as_dtype(node.attr["Tlen"].type or tf.int64), seq_dim)
         traced = ctx.function(("reverse_sequence", config),

@@ -212,10 +212,14 @@ IN_LOOP_MIN_BATCH = 4
 def _loop(spec, x, project, h0, c0, w, lengths, reverse):
     """A pseudo-layer as a While loop, its input part computed per call (one MatMul for all
     steps, below IN_LOOP_MIN_BATCH examples) or per step (from it on). x: [T, B, in]."""
-    per_step = lambda: run_direction(spec, x, h0, c0, w, lengths, reverse,
-                                     project_step=lambda rows: _project_rows(spec, rows, w))
     at_once = lambda: run_direction(spec, project(), h0, c0, w, lengths, reverse)
-    return tf.cond(tf.shape(x)[1] >= IN_LOOP_MIN_BATCH, per_step, at_once)
+    return tf.cond(tf.shape(x)[1] >= IN_LOOP_MIN_BATCH,
+                   lambda: _loop_per_step(spec, x, h0, c0, w, lengths, reverse), at_once)
+
+
+def _loop_per_step(spec, x, h0, c0, w, lengths, reverse):
+    """The While loop with each step's input part computed inside it. x: [T, B, in]."""
+    return run_direction(spec, x, h0, c0, w, lengths, reverse, project_step=lambda rows: _project_rows(spec, rows, w))
 
 
 def _block_or_loop(spec, x, project, h0, c0, w, lengths, reverse):
@@ -226,8 +230,7 @@ def _block_or_loop(spec, x, project, h0, c0, w, lengths, reverse):
     # (BlockLSTMV2 multiplies [x_t, h] step by step); see docs/performance.md.
     small = tf.shape(x)[1] <= BLOCK_LSTM_MAX_BATCH
     # The loop runs only above BLOCK_LSTM_MAX_BATCH (>= IN_LOOP_MIN_BATCH): input part per step.
-    loop = lambda: run_direction(spec, x, h0, c0, w, lengths, reverse,
-                                 project_step=lambda rows: _project_rows(spec, rows, w))
+    loop = lambda: _loop_per_step(spec, x, h0, c0, w, lengths, reverse)
     if lengths is None:
         return tf.cond(small, lambda: block_lstm.block_direction(spec, x, h0, c0, w, reverse), loop)
     full = tf.reduce_all(lengths >= tf.shape(x)[0])

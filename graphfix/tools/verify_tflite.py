@@ -30,7 +30,7 @@ from graphfix.errors import GraphfixError
 from graphfix.graph.bodies import bodies, reachable_functions
 from graphfix.report import Report
 from graphfix.targets.tflite import to_tflite
-from graphfix.targets.tflite.fused_lstm import PLAIN_PREFIX, PROJECTED_PREFIX
+from graphfix.targets.tflite.stub_lstm import is_composite
 from graphfix.tools import verify
 from graphfix.tools.inspect import survey_graph_def
 
@@ -136,12 +136,9 @@ def _static_graph(graph_def: graph_pb2.GraphDef, feeds: dict) -> graph_pb2.Graph
 
 
 def _is_fused(graph_def: graph_pb2.GraphDef) -> bool:
-    """Whether the op's function calls a fused-LSTM composite (api_implements `fused_lstm.PLAIN_PREFIX`
-    or `PROJECTED_PREFIX`)."""
+    """Whether the op's function calls a fused-LSTM composite (`stub_lstm.is_composite`)."""
     used = reachable_functions(graph_def)
-    composite = (PLAIN_PREFIX, PROJECTED_PREFIX)
-    return any(f.signature.name in used and f.attr["api_implements"].s.decode().startswith(composite)
-               for f in graph_def.library.function if "api_implements" in f.attr)
+    return any(f.signature.name in used and is_composite(f) for f in graph_def.library.function)
 
 
 def _open_dims(detail) -> tf.TensorShape:

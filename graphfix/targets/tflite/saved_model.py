@@ -276,21 +276,23 @@ def to_tflite(saved_model_dir, signature: str = "serving_default") -> bytes:
     signature's concrete function, which converts every output (`from_saved_model`
     converts those without both fused LSTMs and While loops, see `_save_for_tflite`).
     """
-    loaded = tf.saved_model.load(str(saved_model_dir))
-    if signature not in loaded.signatures:
-        raise UnsupportedError(f"no signature {signature!r} (has {sorted(loaded.signatures)})", str(saved_model_dir))
+    where = str(saved_model_dir)
     try:
-        if stub_lstm.has_composites(saved_model_dir):  # fused LSTMs: without cell_clip, with projections
-            return stub_lstm.convert(saved_model_dir, signature)
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([loaded.signatures[signature]], loaded)
+        marked = stub_lstm.marked_proto(saved_model_dir)
+        if marked is not None:  # fused LSTMs: without cell_clip, with projections
+            return stub_lstm.convert(saved_model_dir, marked, signature)
+        loaded = tf.saved_model.load(where)
+        fn = stub_lstm.signature_function(loaded, signature, where)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], loaded)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         return converter.convert()
+    except GraphfixError:  # said already (a missing signature)
+        raise
     except Exception as exc:  # the converter raises ConverterError with MLIR diagnostics
         lines = str(exc).strip().splitlines()
         said = [line for line in lines if "error" in line.lower()] or lines[:1]
         raise UnsupportedError("the TFLite converter (TFLITE_BUILTINS only) refused the converted model: "
-                               + " | ".join(said)[:2000],
-                               str(saved_model_dir)) from None
+                               + " | ".join(said)[:2000], where) from None
 
 
 def tflite_ops(content: bytes) -> list[str]:

@@ -11,8 +11,8 @@ the stub exists only on the way to the .tflite::
 
     the TFLite-ready SavedModel (composite calls: api_implements lstm_graphfix_* or
     graphfix_projected_lstm_*, fused_lstm.py)
-      -> a temporary copy whose composites are marked `_noinline`, so that freezing keeps them
-         as calls (TensorFlow's freezing inlines every other function)
+      -> a temporary copy whose composites are marked `_noinline` (`marked_proto`), so that
+         freezing keeps them as calls (TensorFlow's freezing inlines every other function)
       -> the signature frozen by the converter (convert_variables_to_constants_v2_as_graph)
       -> each composite call -> UnidirectionalSequenceLstm (`_stub_node`); its result 0, the
          last step, -> a StridedSlice of the sequence
@@ -33,31 +33,44 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, graph_pb2
 
+from graphfix.errors import UnsupportedError
 from graphfix.io import saved_model_dir
 from graphfix.targets.tflite.fused_lstm import PLAIN_PREFIX, PROJECTED_PREFIX
 
 _NONE = -1.0  # what an absent optional operand is given (legalize_tf: any index not listed)
 
 
-def has_composites(ready_dir) -> bool:
-    """Whether the SavedModel at ready_dir calls graphfix's fused-LSTM composite functions."""
-    proto = saved_model_dir.read_saved_model(Path(ready_dir))
-    return any(_is_composite(f) for meta in proto.meta_graphs for f in meta.graph_def.library.function)
-
-
-def _is_composite(function) -> bool:
+def is_composite(function) -> bool:
+    """Whether a FunctionDef is one of graphfix's fused-LSTM composites (`fused_lstm.py`)."""
     api = function.attr["api_implements"].s.decode() if "api_implements" in function.attr else ""
     return api.startswith((PLAIN_PREFIX, PROJECTED_PREFIX))
 
 
-def convert(ready_dir, signature: str) -> bytes:
-    """The .tflite of one signature of the SavedModel at ready_dir, fused LSTMs as stubs."""
+def marked_proto(ready_dir):
+    """The SavedModel proto at ready_dir with its composites marked `_noinline`, so that
+    freezing keeps them as calls; None when it calls none (nothing to fuse through the stub)."""
+    proto = saved_model_dir.read_saved_model(Path(ready_dir))
+    composites = [f for meta in proto.meta_graphs for f in meta.graph_def.library.function if is_composite(f)]
+    for function in composites:
+        function.attr["_noinline"].b = True
+    return proto if composites else None
+
+
+def signature_function(loaded, signature: str, where: str):
+    """loaded.signatures[signature], or UnsupportedError naming the ones there are."""
+    if signature not in loaded.signatures:
+        raise UnsupportedError(f"no signature {signature!r} (has {sorted(loaded.signatures)})", where)
+    return loaded.signatures[signature]
+
+
+def convert(ready_dir, marked, signature: str) -> bytes:
+    """The .tflite of one signature of the SavedModel at ready_dir, fused LSTMs as stubs.
+    marked: `marked_proto(ready_dir)`."""
     ready_dir = Path(ready_dir)
     with tempfile.TemporaryDirectory(prefix="graphfix_stub_") as tmp:
-        loaded = tf.saved_model.load(str(_marked_copy(ready_dir, Path(tmp) / "model")))
-        if signature not in loaded.signatures:
-            raise KeyError(signature)
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([loaded.signatures[signature]], loaded)
+        loaded = tf.saved_model.load(str(_marked_copy(ready_dir, marked, Path(tmp) / "model")))
+        fn = signature_function(loaded, signature, str(ready_dir))
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], loaded)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         # The converter's frozen-graph route (not its default, which saves the function as a
         # SavedModel first and would never see a stub). It freezes the function as
@@ -67,7 +80,6 @@ def convert(ready_dir, signature: str) -> bytes:
         # neither a custom op nor a flex op"), never silently unfused.
         converter.experimental_lower_to_saved_model = False
         optimize = converter._optimize_tf_model
-        fn = loaded.signatures[signature]
 
         def with_stubs(graph_def, *args):
             graph_def = optimize(graph_def, *args)
@@ -83,19 +95,14 @@ def convert(ready_dir, signature: str) -> bytes:
     return _with_signature(content, signature, sorted(fn.structured_input_signature[1]), sorted(fn.structured_outputs))
 
 
-def _marked_copy(src: Path, dst: Path) -> Path:
-    """src with its composites marked `_noinline`: saved_model.pb rewritten, every other entry
-    linked (variables are read, never written)."""
+def _marked_copy(src: Path, marked, dst: Path) -> Path:
+    """src with saved_model.pb replaced by `marked`, every other entry linked (variables are
+    read, never written)."""
     dst.mkdir()
     for entry in src.iterdir():
         if entry.name not in ("saved_model.pb", "saved_model.pbtxt", "fingerprint.pb"):
             (dst / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
-    proto = saved_model_dir.read_saved_model(src)
-    for meta in proto.meta_graphs:
-        for function in meta.graph_def.library.function:
-            if _is_composite(function):
-                function.attr["_noinline"].b = True
-    (dst / "saved_model.pb").write_bytes(proto.SerializeToString())
+    (dst / "saved_model.pb").write_bytes(marked.SerializeToString())
     return dst
 
 
