@@ -5,23 +5,24 @@ tensors (for params only known at run time) through the same code, so the two pa
 cannot drift apart: `graph_weights(read, spec, ops, gate_order)` takes a function returning a run of
 consecutive pieces of the buffer and an `ops` adapter with concat / reshape / transpose / add.
 
-Per pseudo-layer, in this order (gate order stays cuDNN's: LSTM i,f,c,o; GRU r,z,n)::
+Per pseudo-layer, in this order, in Keras's layout (gates LSTM i, f, c, o as cuDNN's; GRU
+z, r, n as Keras's, where cuDNN stores r, z, n)::
 
-    kernel            [G*H, in]   W[0..G-1] as stored   (absent for skip_input layer 0)
-    recurrent_kernel  [Hh, G*H]   (R[0..G-1] as stored).T
+    kernel            [in, G*H]   (W[g] as stored, g in SLOT_GATES).T    (absent for skip_input layer 0)
+    recurrent_kernel  [Hh, G*H]   (R[g] ...).T
     lstm / rnn:  bias            [G*H]  bW + bR       (the sum is all the equations use)
     gru:         input_bias      [3H]   bW            (n's recurrent bias sits inside r*(...))
                  recurrent_bias  [3H]   bR
     projection        [H, Hh]     P.T                 (LSTM with num_proj)
 
-Why these orientations (measured on 2 CPU cores, scripts/bench_inference.py): the kernel
-is used once per call, for all time steps (x [T*B, in] @ kernel.T, a MatMul with
-transpose_b, as fast as an untransposed one at that size), so it stays in cuDNN's row
-layout: the G gate matrices of a pseudo-layer are one contiguous run of the buffer, so the
-slot is a plain slice (a numpy view; no copy at conversion, no transpose per call for
-params read from variables). The recurrent kernel and the projection are multiplied once
-per time step, where a transposed right operand costs 1.6-3.4x (h [B, Hh] @ R.T for B 32
-and 8), so they are transposed once: at conversion, or once per call.
+Why Keras's layout (measured on 2 CPU cores): a Keras 3 model's variables are exactly these
+slots (`graphfix.rewrite.weight_sources` hands them over as they are, so a call does no
+weight work), and every matrix is the right operand of its MatMul untransposed. A
+transposed right operand cost 1.06-1.26x for x_t [B, 64-128] @ kernel.T (B 4-32), 2.8x at
+in = 512, and 1.6-3.4x for h @ R.T; from batch 4 the input product runs once per step inside
+the loop (`graphfix.targets.cpu.IN_LOOP_MIN_BATCH`), so that cost was paid per step.
+Constant params are transposed at conversion (numpy views; copied once when written);
+params known only at run time cost one transpose per matrix per call.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ import numpy as np
 
 from graphfix.cudnn import gates
 from graphfix.cudnn.layout import LayerWeights, Piece, RnnSpec, pieces
+
+# The cuDNN gate at each position of a slot, per mode (Keras's order; the rest as cuDNN's).
+SLOT_GATES = {"gru": (1, 0, 2)}  # z, r, n from cuDNN's r, z, n
+
+
+def slot_gates(spec: RnnSpec) -> tuple:
+    """The cuDNN gate index at each gate position of `spec`'s slots (module doc)."""
+    return SLOT_GATES.get(spec.mode, tuple(range(spec.gates)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +64,7 @@ def weight_slots(spec: RnnSpec) -> list[WeightSlot]:
     for layer in range(spec.num_layers):
         for d in range(spec.num_dirs):
             if spec.has_input_weights(layer):
-                slots.append(WeightSlot(layer, d, "kernel", (G * H, spec.layer_input_size(layer))))
+                slots.append(WeightSlot(layer, d, "kernel", (spec.layer_input_size(layer), G * H)))
             slots.append(WeightSlot(layer, d, "recurrent_kernel", (Hh, G * H)))
             if spec.mode == "gru":
                 slots.append(WeightSlot(layer, d, "input_bias", (G * H,)))
@@ -101,10 +110,13 @@ def graph_weights(read, spec: RnnSpec, ops=NumpyOps, gate_order: str = gates.CUD
     groups: dict = {}
     for p in pieces(spec):
         groups.setdefault((p.layer, p.direction, p.kind), []).append(p)
+    order = slot_gates(spec)
 
     def group(slot, kind):
-        """All gates of one kind of the slot's pseudo-layer, concatenated flat in cuDNN order."""
+        """All gates of one kind of the slot's pseudo-layer, concatenated flat in slot order."""
         ps = groups[(slot.layer, slot.direction, kind)]
+        if kind != "P":
+            ps = [ps[g] for g in order]
         runs = [read(offset, size) for offset, size in spans([stored[p] for p in ps])]
         return runs[0] if len(runs) == 1 else ops.concat(runs, 0)
 
@@ -112,7 +124,7 @@ def graph_weights(read, spec: RnnSpec, ops=NumpyOps, gate_order: str = gates.CUD
     out = []
     for slot in weight_slots(spec):
         if slot.kind == "kernel":
-            value = ops.reshape(group(slot, "W"), slot.shape)
+            value = ops.transpose(ops.reshape(group(slot, "W"), (G * H, slot.shape[0])))
         elif slot.kind == "recurrent_kernel":
             value = ops.transpose(ops.reshape(group(slot, "R"), (G * H, Hh)))
         elif slot.kind == "bias":
@@ -130,8 +142,8 @@ def graph_weights(read, spec: RnnSpec, ops=NumpyOps, gate_order: str = gates.CUD
 def graph_weights_from_buffer(buf: np.ndarray, spec: RnnSpec, gate_order: str = gates.CUDNN) -> list[np.ndarray]:
     """Numpy: a full params buffer [N] (LSTM gates in `gate_order`) -> the CPU function's weight inputs.
 
-    Every slot but the summed biases is a view of `buf` (no copy of a gigabyte buffer);
-    recurrent_kernel and projection are transposed views, not C-contiguous.
+    Matrices are views of `buf` (no copy of a gigabyte buffer at conversion), transposed
+    (not C-contiguous) and, for GRU, put together from the gates in slot order (a copy).
     """
     buf = np.asarray(buf)
     return graph_weights(lambda offset, size: buf[offset:offset + size], spec, gate_order=gate_order)
@@ -143,6 +155,7 @@ def layer_weights_from_graph(values: list[np.ndarray], spec: RnnSpec) -> list[La
     LSTM/RNN biases come back as bW = bias, bR = 0 (only their sum is defined).
     """
     G, H, Hh = spec.gates, spec.num_units, spec.hidden_size
+    cudnn_order = np.argsort(slot_gates(spec))  # position of each cuDNN gate in the slots
     found = {}
     for slot, value in zip(weight_slots(spec), values):
         found[(slot.layer, slot.direction, slot.kind)] = np.asarray(value)
@@ -156,11 +169,12 @@ def layer_weights_from_graph(values: list[np.ndarray], spec: RnnSpec) -> list[La
             else:
                 bW, bR = get("bias").reshape(G, H), np.zeros((G, H), get("bias").dtype)
             proj = get("projection")
-            out.append(LayerWeights(layer, d, None if kernel is None else kernel.reshape(G, H, kernel.shape[1]),
-                                    get("recurrent_kernel").T.reshape(G, H, Hh), bW, bR,
+            W = None if kernel is None else kernel.T.reshape(G, H, kernel.shape[0])[cudnn_order]
+            R = get("recurrent_kernel").T.reshape(G, H, Hh)[cudnn_order]
+            out.append(LayerWeights(layer, d, W, R, bW[cudnn_order], bR[cudnn_order],
                                     None if proj is None else proj.T))
     return out
 
 
-__all__ = ["WeightSlot", "weight_slots", "graph_weights", "graph_weights_from_buffer",
+__all__ = ["WeightSlot", "weight_slots", "slot_gates", "SLOT_GATES", "graph_weights", "graph_weights_from_buffer",
            "layer_weights_from_graph", "spans", "Piece"]

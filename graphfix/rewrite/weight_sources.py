@@ -9,13 +9,14 @@ the converted graph would slice the buffer back into weight slots::
     bias vector [n*H]                 -> Split(axis 0, n)                     -> Reshape [-1] --'
 
 `resolve` matches every piece of the ConcatV2 (in buffer order, `layout.pieces`) to a block
-of its source, and `trace_slots` builds the weight slots straight from the sources::
+of its source, and `trace_slots` builds the weight slots (`cudnn.weights`: Keras's layout and
+gate order) straight from the sources::
 
-    kernel slot           [G*H, in] = Transpose(kernel)              (blocks reordered first if the
-    recurrent_kernel slot [H, G*H]  = recurrent_kernel                gates are: GRU z, r, n -> r, z, n)
+    kernel slot           [in, G*H] = kernel                     (the whole variable: Keras 3's
+    recurrent_kernel slot [H, G*H]  = recurrent_kernel            gate order is the slots' order)
     bias slots                      = blocks of the bias vectors (one Slice per run of blocks)
 
-so no concat of weights, and no slice of it, runs per call; the variables stay variables.
+so no concat, transpose or slice of a weight matrix runs per call; the variables stay variables.
 Anything else (a different packing, unknown static shapes, a projection) is not resolved,
 and the caller slices the buffer as before.
 """
@@ -29,7 +30,7 @@ import tensorflow as tf
 
 from graphfix.cudnn import gates
 from graphfix.cudnn.layout import RnnSpec, pieces
-from graphfix.cudnn.weights import weight_slots
+from graphfix.cudnn.weights import slot_gates, weight_slots
 from graphfix.graph.bodies import Body, TensorRef
 from graphfix.graph.folding import Folder
 from graphfix.graph.traced import TracedFunction, trace
@@ -126,13 +127,14 @@ def resolve(body: Body, folder: Folder, shapes, params_ref: TensorRef, spec: Rnn
             input_shapes.append(shape)
         found[piece] = Block(inputs.index(value_input), index, count)
     recipe = []
+    order = slot_gates(spec)
     kinds = {"kernel": ("W",), "recurrent_kernel": ("R",), "bias": ("bW", "bR"),
              "input_bias": ("bW",), "recurrent_bias": ("bR",)}
     for slot in weight_slots(spec):
         parts = []
         for kind in kinds[slot.kind]:
-            parts.append(tuple(found[p] for p in ordered
-                               if (p.layer, p.direction, p.kind) == (slot.layer, slot.direction, kind)))
+            group = [p for p in ordered if (p.layer, p.direction, p.kind) == (slot.layer, slot.direction, kind)]
+            parts.append(tuple(found[group[g]] for g in order))
         if slot.kind in ("kernel", "recurrent_kernel") and len({b.source for b in parts[0]}) != 1:
             return None  # a matrix slot must come from one source
         recipe.append(tuple(parts))
@@ -167,9 +169,7 @@ def trace_slots(resolved: Resolved, spec: RnnSpec, dtype: tf.DType, name: str) -
     def build(*sources):
         out = []
         for slot, parts in zip(weight_slots(spec), resolved.recipe):
-            if slot.kind == "kernel":
-                out.append(tf.transpose(_blocks(sources, parts[0])))
-            elif slot.kind == "recurrent_kernel":
+            if slot.kind in ("kernel", "recurrent_kernel"):
                 out.append(tf.identity(_blocks(sources, parts[0])))
             elif slot.kind == "bias":
                 out.append(_blocks(sources, parts[0]) + _blocks(sources, parts[1]))

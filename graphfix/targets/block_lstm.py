@@ -9,7 +9,7 @@ per-example lengths either (only `seq_len_max`), but the first len[b] steps of a
 do not depend on what follows them, so lengths cost a mask and a gather::
 
     x [T, B, I] --(backward: reverse each example's valid steps)-->
-      BlockLSTMV2(seq_len_max = max(lengths), w = [kernel.T ; recurrent_kernel], b = bias)
+      BlockLSTMV2(seq_len_max = max(lengths), w = [kernel ; recurrent_kernel], b = bias)
       -> h [T, B, H] (its 7 outputs are i, cs, f, o, ci, co, h) -> zeros at t >= len[b]
       -> (backward: reverse each example's valid steps back)
     h_n = h[len[b]-1, b], c_n = cs[len[b]-1, b]   (h0, c0 for a zero length)
@@ -34,7 +34,7 @@ def applies(spec: RnnSpec, compute_dtype: tf.DType) -> bool:
 
 def block_direction(spec: RnnSpec, x, h0, c0, w: dict, reverse: bool, lengths=None):
     """One pseudo-layer. x: [T, B, I] (the layer's input, not projected); h0, c0: [B, H];
-    w: its weight slots (kernel [4H, I], recurrent_kernel [H, 4H], bias [4H]);
+    w: its weight slots (kernel [I, 4H], recurrent_kernel [H, 4H], bias [4H]);
     lengths: [B] (<= T) or None (all T).
 
     Returns (y [T, B, H], h_n [B, H], c_n [B, H]). With lengths, as cuDNN: y is zero at steps
@@ -44,8 +44,8 @@ def block_direction(spec: RnnSpec, x, h0, c0, w: dict, reverse: bool, lengths=No
     steps = tf.shape(x)[0]
     if reverse:
         x = tf.reverse(x, [0]) if lengths is None else tf.reverse_sequence(x, lengths, seq_axis=0, batch_axis=1)
-    # The op multiplies [x_t, h] by w every step; the kernel slot is cuDNN's row layout [4H, I].
-    stacked = tf.concat([tf.transpose(w["kernel"]), w["recurrent_kernel"]], 0)
+    # The op multiplies [x_t, h] by w every step: one copy of the weights per call.
+    stacked = tf.concat([w["kernel"], w["recurrent_kernel"]], 0)
     no_peephole = tf.zeros([spec.num_units], x.dtype)
     run = steps if lengths is None else tf.reduce_max(tf.concat([lengths, [0]], 0))
     out = tf.raw_ops.BlockLSTMV2(

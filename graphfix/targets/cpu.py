@@ -13,7 +13,7 @@ The RNN function (one per cuDNN node)::
         LSTM (float, no projection) and batch <= BLOCK_LSTM_MAX_BATCH:   # one test per call
             BlockLSTMV2 over the whole sequence (block_lstm.py; masked after, if lengths are short)
         otherwise:
-            x_proj = reshape(x) @ kernel.T + bias       # one MatMul for all steps, outside the loop
+            x_proj = reshape(x) @ kernel + bias         # one MatMul for all steps, outside the loop
             if every length >= T (or no lengths):      # one test per call
                 (backward: reverse time)
                 While: 4 steps per iteration, then T % 4 single steps:
@@ -77,8 +77,8 @@ class _TfOps:
 def unpack_params_tensor(params: tf.Tensor, spec: RnnSpec, gate_order: str = gates.CUDNN) -> list[tf.Tensor]:
     """In-graph twin of `weights.graph_weights_from_buffer`: params [N] (gates in `gate_order`) -> weight slots.
 
-    Runs on every call when params are read from variables: in cuDNN's order each slot is
-    one slice (plus one transpose for recurrent kernels and projections).
+    Runs on every call when params are read from variables: each slot is one slice in
+    cuDNN's gate order (GRU: three, put in the slots' order), plus one transpose per matrix.
     """
     return graph_weights(lambda offset, size: tf.slice(params, [offset], [size]), spec, _TfOps, gate_order)
 
@@ -86,8 +86,9 @@ def unpack_params_tensor(params: tf.Tensor, spec: RnnSpec, gate_order: str = gat
 def _cell_step(spec: RnnSpec, x_t, h, c, recurrent_kernel, recurrent_bias, projection):
     """One step for a batch. x_t: [B, G*H] (input part, biases added). h: [B, Hh]. c: [B, H].
 
-    At small batches each op costs more than its arithmetic, so gates that share an
-    activation share one op (GRU: r and z, adjacent in cuDNN's order, in one sigmoid).
+    Gates in the slots' order (`cudnn.weights`: LSTM i, f, c, o; GRU z, r, n). At small
+    batches each op costs more than its arithmetic, so gates that share an activation share
+    one op (GRU: z and r, adjacent, in one sigmoid).
     """
     rec = tf.matmul(h, recurrent_kernel)
     H = spec.num_units
@@ -99,9 +100,9 @@ def _cell_step(spec: RnnSpec, x_t, h, c, recurrent_kernel, recurrent_bias, proje
             h_new = tf.matmul(h_new, projection)
         return h_new, c_new
     if spec.mode == "gru":
-        x_rz, x_n = tf.split(x_t, [2 * H, H], axis=1)
-        h_rz, h_n = tf.split(rec + recurrent_bias, [2 * H, H], axis=1)
-        r, z = tf.split(tf.sigmoid(x_rz + h_rz), 2, axis=1)
+        x_zr, x_n = tf.split(x_t, [2 * H, H], axis=1)
+        h_zr, h_n = tf.split(rec + recurrent_bias, [2 * H, H], axis=1)
+        z, r = tf.split(tf.sigmoid(x_zr + h_zr), 2, axis=1)
         n = tf.tanh(x_n + r * h_n)
         return n + z * (h - n), c
     pre = x_t + rec
@@ -191,8 +192,8 @@ def _project(spec, flat_in, w, steps, batch):
 
 def _project_rows(spec, rows, w):
     """The input part of every gate, biases added: [N, in] -> [N, G*H]."""
-    if "kernel" in w:  # [G*H, in]: see weights.py for why transpose_b here
-        proj = tf.matmul(rows, w["kernel"], transpose_b=True)
+    if "kernel" in w:  # [in, G*H]
+        proj = tf.matmul(rows, w["kernel"])
     else:  # skip_input: the input enters every gate unprojected
         proj = tf.tile(rows, [1, spec.gates])
     return proj + w.get("bias", w.get("input_bias"))

@@ -70,7 +70,7 @@ def test_block_direction_matches_reference(reverse, saturate):
     assert np.abs(c_n.numpy() - ec).max() / max(1.0, np.abs(ec).max()) <= TOL
 
     # TensorFlow's own ops (the target's While loop) agree too.
-    proj = tf.reshape(tf.matmul(tf.reshape(x, [-1, spec.input_size]), w["kernel"], transpose_b=True) + w["bias"],
+    proj = tf.reshape(tf.matmul(tf.reshape(x, [-1, spec.input_size]), w["kernel"]) + w["bias"],
                       [steps, batch, 4 * spec.num_units])
     ly, _, _ = cpu.run_direction(spec, proj, tf.constant(h0), tf.constant(c0), w, None, reverse)
     assert np.abs(y.numpy() - ly.numpy()).max() <= TOL

@@ -83,9 +83,7 @@ def fused_direction(spec: RnnSpec, batch: int, x, h0, c0, w: dict, reverse: bool
     h0, c0 = h0 + zero, c0 - zero  # two ops: one tensor feeding both states would need duplicating
     # Static shapes at the call site too: the converter types the function from its callers.
     args = [tf.reshape(x, [-1, batch, I]), tf.reshape(h0, [batch, Hh]), tf.reshape(c0, [batch, H]),
-            # graphfix's kernel slot is cuDNN's [4H, I]; the composite wants Keras's [I, 4H]
-            # (a Const once the TFLite converter folds it).
-            tf.transpose(tf.reshape(w["kernel"], [4 * H, I])), tf.reshape(w["recurrent_kernel"], [Hh, 4 * H]),
+            tf.reshape(w["kernel"], [I, 4 * H]), tf.reshape(w["recurrent_kernel"], [Hh, 4 * H]),
             tf.reshape(w["bias"], [4 * H])]
     if spec.num_proj:
         args.append(tf.reshape(w["projection"], [H, Hh]))
