@@ -13,11 +13,14 @@ The RNN function (one per cuDNN node)::
         LSTM (float, no projection) and batch <= BLOCK_LSTM_MAX_BATCH:   # one test per call
             BlockLSTMV2 over the whole sequence (block_lstm.py; masked after, if lengths are short)
         otherwise:
-            x_proj = reshape(x) @ kernel + bias         # one MatMul for all steps, outside the loop
+            batch < IN_LOOP_MIN_BATCH:                  # one test per call
+                x_proj = reshape(x) @ kernel + bias     # one MatMul for all steps, outside the loop
+            else: x_proj[t] = x[t] @ kernel + bias, inside the loop (run ahead on the other core)
             if every length >= T (or no lengths):      # one test per call
                 (backward: reverse time)
                 While: 4 steps per iteration, then T % 4 single steps:
-                    gates = x_proj[t] + h @ recurrent_kernel; cell update
+                    gates = x_proj[t] + h @ recurrent_kernel; cell update (gates in Keras's
+                    order, as the weight slots hold them: `graphfix.cudnn.weights`)
             else:
                 (backward: reverse_sequence over each example's valid steps)
                 the same loops, masked past each example's length
