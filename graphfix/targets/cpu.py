@@ -116,6 +116,15 @@ def _cell_step(spec: RnnSpec, x_t, h, c, recurrent_kernel, recurrent_bias, proje
 # cost as much as the step itself; unrolling 4 steps cut an LSTM 1 x 100, 64 -> 128 call
 # by about 25% (2 steps: about 20%) and changed nothing measurable at batch 32.
 _UNROLL = 4
+# Iterations the executor may run at once (TensorFlow's default is 10). With 2 (8 steps in
+# flight) the per-step input products still run ahead of the recurrent chain, and fewer in
+# flight measured faster (not profiled; presumably less contention with the chain for the
+# cores). Against 10, interleaved in one process (11 rounds, median):
+# GRU 16 x 80, 96 -> 192: 0.92; 32 x 100, 128 -> 256: 0.93; 32 x 80, 64 -> 512: 0.93;
+# 1 x 100, 64 -> 128: 0.96; 4 x 120, 128 -> 512: 0.98; 4 x 300, 40 -> 320: 1.02 (noise);
+# LSTM loop 16 x 80, 96 -> 192: 0.97; 32 x 100, 128 -> 256: 1.00; 32 x 80, 64 -> 512: 0.98.
+# 1 was slower (GRU 16 x 80: 1.19), 32 too (1.05-1.07). The TFLite loop keeps the default.
+_PARALLEL_ITERATIONS = 2
 
 
 def run_direction(spec, x_proj, h0, c0, w, lengths, reverse, static_batch=None, project_step=None):
@@ -175,8 +184,10 @@ def _scan(spec, x_proj, h0, c0, w, lengths, reverse, static_batch, project_step=
         # All whole blocks of _UNROLL steps, then the T % _UNROLL steps left one at a time.
         # No maximum_iterations: it adds two ops per iteration, and nothing here needs it.
         blocks_end = steps - steps % _UNROLL
-        state = tf.while_loop(lambda t, *_: t < blocks_end, unrolled, state)
-        _, h_n, c_n, outputs = tf.while_loop(lambda t, *_: t < steps, step, state)
+        state = tf.while_loop(lambda t, *_: t < blocks_end, unrolled, state,
+                              parallel_iterations=_PARALLEL_ITERATIONS)
+        _, h_n, c_n, outputs = tf.while_loop(lambda t, *_: t < steps, step, state,
+                                             parallel_iterations=_PARALLEL_ITERATIONS)
     # An empty TensorArray cannot stack without a fully static element shape (batch is
     # dynamic), so zero time steps take the other branch.
     y = (outputs.stack() if static_batch is not None  # static element shape: stacks even when empty

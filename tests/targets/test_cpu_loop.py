@@ -10,6 +10,7 @@ large enough for the per-step branch) and the numpy reference of cuDNN.
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from builders import keras_graphs
 from builders.raw_graphs import build, run_graph_def
 
@@ -63,3 +64,17 @@ def test_keras_gru_at_a_larger_batch(name):
     got = keras_graphs.run_graph_def(converted, feeds, case.fetches)
     for g, e in zip(got, case.expected):
         np.testing.assert_allclose(g, np.concatenate([e] * repeat), atol=TOL, rtol=0)
+
+
+def test_cpu_loops_run_few_iterations_at_once():
+    """Every While loop of the CPU target runs at most cpu._PARALLEL_ITERATIONS iterations at
+    once (measured faster than TensorFlow's default 10); the TFLite target's loop keeps 10."""
+    spec = layout.RnnSpec("gru", 1, 4, 3, 2)
+    case = build(spec, op="CudnnRNNV3", lengths=np.array([6, 2]), batch=2, steps=6, seed=1)
+    converted, _ = graphfix.convert_graph_def(case.graph_def)
+    loops = [n for f in converted.library.function for n in f.node_def if n.op in ("While", "StatelessWhile")]
+    assert loops and {n.attr["parallel_iterations"].i for n in loops} == {cpu._PARALLEL_ITERATIONS}
+    tflite = cpu.trace_rnn(cpu.RnnCall(spec, tf.float32, has_sequence_lengths=True, num_outputs=5,
+                                       static_batch=2), "tflite_loop")
+    tflite_loops = [n for f in tflite.function_defs for n in f.node_def if n.op in ("While", "StatelessWhile")]
+    assert tflite_loops and {n.attr["parallel_iterations"].i for n in tflite_loops} == {10}
