@@ -40,8 +40,7 @@ VARIANTS = {
     "loop_per_step": {"BLOCK_LSTM": False, "IN_LOOP_MIN_BATCH": 1},
     "loop_one_matmul": {"BLOCK_LSTM": False, "IN_LOOP_MIN_BATCH": 10**9},
 }
-DEFAULT_CASES = {"lstm": ["1,100,64,128", "4,120,128,512", "16,80,96,192", "32,100,128,256"],
-                 "gru": ["1,100,64,128", "4,120,128,512", "16,80,96,192", "32,100,128,256"]}
+DEFAULT_CASES = ["1,100,64,128", "4,120,128,512", "16,80,96,192", "32,100,128,256"]
 
 
 def traced_variant(spec: RnnSpec, weights: list, switches: dict):
@@ -108,7 +107,7 @@ def main() -> None:
     print(f"# bench_choices: {args.kind}, {args.rounds} interleaved rounds\n")
     print("\n".join(bc.machine_lines()) + "\n")
     rows = []
-    for case in args.case or DEFAULT_CASES[args.kind]:
+    for case in args.case or DEFAULT_CASES:
         print(f"... {case}", file=sys.stderr, flush=True)
         rows += run_case(args.kind, case, variants, args.rounds)
     print(bc.markdown_table(["case", "variant", "ms", f"/ {variants[0]}", "max diff"], rows))

@@ -169,9 +169,7 @@ def trace_slots(resolved: Resolved, spec: RnnSpec, dtype: tf.DType, name: str) -
     def build(*sources):
         out = []
         for slot, parts in zip(weight_slots(spec), resolved.recipe):
-            if slot.kind in ("kernel", "recurrent_kernel"):
-                out.append(tf.identity(_blocks(sources, parts[0])))
-            elif slot.kind == "bias":
+            if slot.kind == "bias":  # LSTM/RNN: the two bias halves summed
                 out.append(_blocks(sources, parts[0]) + _blocks(sources, parts[1]))
             else:
                 out.append(tf.identity(_blocks(sources, parts[0])))

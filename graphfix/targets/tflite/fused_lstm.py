@@ -81,12 +81,10 @@ def fused_direction(spec: RnnSpec, batch: int, x, h0, c0, w: dict, reverse: bool
     # every invocation instead; it cannot be folded away, and is 0 for every non-NaN input.
     zero = tf.reduce_sum(tf.minimum(tf.abs(x[:1, :, :1]), tf.zeros([], x.dtype)), axis=0)
     h0, c0 = h0 + zero, c0 - zero  # two ops: one tensor feeding both states would need duplicating
-    # Static shapes at the call site too: the converter types the function from its callers.
+    # Static shapes at the call site too: the converter types the function from its callers
+    # (the weight slots have theirs already: rnn_forward reshapes them for a static batch).
     args = [tf.reshape(x, [-1, batch, I]), tf.reshape(h0, [batch, Hh]), tf.reshape(c0, [batch, H]),
-            tf.reshape(w["kernel"], [I, 4 * H]), tf.reshape(w["recurrent_kernel"], [Hh, 4 * H]),
-            tf.reshape(w["bias"], [4 * H])]
-    if spec.num_proj:
-        args.append(tf.reshape(w["projection"], [H, Hh]))
+            w["kernel"], w["recurrent_kernel"], w["bias"]] + ([w["projection"]] if spec.num_proj else [])
     last, y, _, _, _ = fn(*args)
     if reverse:
         y = tf.reverse(y, [0])

@@ -183,17 +183,19 @@ def _stub_node(graph_def: graph_pb2.GraphDef, call, function) -> None:
     nodes = _Nodes(graph_def, f"{call.name}/graphfix_stub")
     perm, axis = nodes.const("perm", np.array([1, 0], np.int32)), nodes.const("axis", np.array(0, np.int32))
 
+    def transposed(name, matrix):
+        return nodes.add(f"{name}_t", "Transpose", [matrix, perm], T=float_type, Tperm=_attr(type=3))
+
     def gates(name, matrix, transpose=True):  # [in, 4H] -> 4 x [H, in], gates i, f, c, o (Keras's = TFLite's)
         if transpose:
-            matrix = nodes.add(f"{name}_t", "Transpose", [matrix, perm], T=float_type, Tperm=_attr(type=3))
+            matrix = transposed(name, matrix)
         split = nodes.add(name, "Split", [axis, matrix], T=float_type, num_split=_attr(i=4))
         return [f"{split}:{g}" for g in range(4)]
 
     none = nodes.const("none", np.array([_NONE], np.float32))
     operands = ([x] + gates("kernel", kernel) + gates("recurrent", recurrent) + [none] * 3
                 + gates("bias", bias, transpose=False)
-                + [nodes.add("projection_t", "Transpose", [projection, perm], T=float_type, Tperm=_attr(type=3))
-                   if projection else none, none, h0, c0])
+                + [transposed("projection", projection) if projection else none, none, h0, c0])
     present = [0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 13, 14, 15] + ([16] if projection else []) + [18, 19]
     stub = nodes.add("", "UnidirectionalSequenceLstm", operands + controls,
                      _tflite_input_indices=_attr(list=attr_value_pb2.AttrValue.ListValue(i=present)),
