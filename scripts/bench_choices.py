@@ -4,7 +4,9 @@
 
 `graphfix.targets.cpu` picks, per call, between BlockLSTMV2 (LSTM, batch <=
 BLOCK_LSTM_MAX_BATCH), a While loop that multiplies each step's input inside the loop
-(batch >= IN_LOOP_MIN_BATCH), and one that multiplies all steps' inputs in one MatMul first.
+(batch >= IN_LOOP_MIN_BATCH), one that multiplies all steps' inputs in one MatMul first,
+and (unidirectional, batch >= SPLIT_MIN_BATCH) two halves of the batch side by side, each
+a loop of the first kind.
 This script traces the CPU function (`cpu.rnn_forward`, one layer, constant weights) once
 per variant, with the module's switches set for that variant, checks that every variant
 gives the same numbers, and times them interleaved in one process (`bench_common.interleave`).
@@ -35,10 +37,12 @@ from graphfix.cudnn.weights import graph_weights_from_buffer  # noqa: E402
 from graphfix.targets import cpu  # noqa: E402
 
 # variant -> the cpu module switches it runs under
+WHOLE = {"SPLIT_MIN_BATCH": 10**9}  # the whole batch in one computation
 VARIANTS = {
-    "block": {"BLOCK_LSTM": True, "BLOCK_LSTM_MAX_BATCH": 10**9},
-    "loop_per_step": {"BLOCK_LSTM": False, "IN_LOOP_MIN_BATCH": 1},
-    "loop_one_matmul": {"BLOCK_LSTM": False, "IN_LOOP_MIN_BATCH": 10**9},
+    "block": {**WHOLE, "BLOCK_LSTM": True, "BLOCK_LSTM_MAX_BATCH": 10**9},
+    "loop_per_step": {**WHOLE, "BLOCK_LSTM": False, "IN_LOOP_MIN_BATCH": 1},
+    "loop_one_matmul": {**WHOLE, "BLOCK_LSTM": False, "IN_LOOP_MIN_BATCH": 10**9},
+    "halves": {"SPLIT_MIN_BATCH": 2},  # two halves of the batch side by side, each a per-step loop
 }
 DEFAULT_CASES = ["1,100,64,128", "4,120,128,512", "16,80,96,192", "32,100,128,256"]
 
@@ -97,7 +101,7 @@ def main() -> None:
                                            "(default: all for LSTM, the two loops for GRU)")
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
-    default = list(VARIANTS) if args.kind == "lstm" else ["loop_per_step", "loop_one_matmul"]
+    default = list(VARIANTS) if args.kind == "lstm" else ["loop_per_step", "loop_one_matmul", "halves"]
     variants = args.variants.split(",") if args.variants else default
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -9,6 +9,9 @@ same output.
 The RNN function (one per cuDNN node)::
 
     x [T,B,I] or [B,T,I] --transpose--> [T,B,I]
+    unidirectional and B >= SPLIT_MIN_BATCH:            # one test per call
+      all that follows on each half of the batch, side by side (the loop only), concatenated
+    otherwise, on the whole batch:
       for each layer, for each direction:
         LSTM (float, no projection) and batch <= BLOCK_LSTM_MAX_BATCH:   # one test per call
             BlockLSTMV2 over the whole sequence (block_lstm.py; masked after, if lengths are short)
@@ -284,42 +287,29 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values, fused
     if sequence_lengths is not None:
         lengths = tf.minimum(tf.cast(sequence_lengths, tf.int32), steps)
 
+    # Each layer/direction's computation (see _layers): (spec, x, project, h0, c0, w, lengths, reverse).
+    if call.fused_lstm:
+        direction = lambda spec, x, project, h0, c0, w, lengths, reverse: fused_direction(
+            spec, call.static_batch, x, h0, c0, w, reverse)
+    elif call.static_batch is not None:  # TFLite: one plain loop, as its converter is known to take it
+        direction = lambda spec, x, project, h0, c0, w, lengths, reverse: run_direction(
+            spec, project(), h0, c0, w, lengths, reverse, static_batch=call.static_batch)
+    elif BLOCK_LSTM and block_lstm.applies(spec, compute):  # BlockLSTMV2 (block_lstm.py)
+        direction = _block_or_loop
+    else:
+        direction = _loop
+    layers = lambda x, h0, c0, lengths, direction: _layers(call, by_layer, x, h0, c0, lengths, direction)
+    if call.static_batch is None and not call.fused_lstm and spec.num_dirs == 1:
+        output, output_h, output_c = tf.cond(
+            batch >= SPLIT_MIN_BATCH, lambda: _batch_halves(layers, x, h0, c0, lengths, batch),
+            lambda: layers(x, h0, c0, lengths, direction))
+    else:
+        output, output_h, output_c = layers(x, h0, c0, lengths, direction)
     if call.static_batch is not None:
         batch = call.static_batch
-    # BlockLSTMV2 (block_lstm.py) when lengths are full; the TFLite target keeps its loops.
-    use_block = (call.static_batch is None and not call.fused_lstm and BLOCK_LSTM
-                 and block_lstm.applies(spec, compute))
-    layer_in = x
-    h_list, c_list = [], []
-    for layer in range(spec.num_layers):
-        in_width = spec.layer_input_size(layer)
-        flat_in = tf.reshape(layer_in, [-1, in_width])
-        outs = []
-        for d in range(spec.num_dirs):
-            w = by_layer[(layer, d)]
-            k = layer * spec.num_dirs + d
-            if call.fused_lstm:
-                y, h_n, c_n = fused_direction(spec, call.static_batch, layer_in, h0[k], c0[k], w, reverse=d == 1)
-                outs.append(y)
-                h_list.append(h_n)
-                c_list.append(c_n)
-                continue
-            project = (lambda w=w, flat_in=flat_in: _project(spec, flat_in, w, steps, batch))
-            if use_block:
-                y, h_n, c_n = _block_or_loop(spec, layer_in, project, h0[k], c0[k], w, lengths, d == 1)
-            elif call.static_batch is None:
-                y, h_n, c_n = _loop(spec, layer_in, project, h0[k], c0[k], w, lengths, d == 1)
-            else:  # TFLite: one plain loop, as its converter is known to take it
-                y, h_n, c_n = run_direction(spec, project(), h0[k], c0[k], w, lengths, reverse=d == 1,
-                                             static_batch=call.static_batch)
-            outs.append(y)
-            h_list.append(h_n)
-            c_list.append(c_n)
-        layer_in = outs[0] if len(outs) == 1 else tf.concat(outs, axis=2)
 
-    output = layer_in if call.time_major else tf.transpose(layer_in, [1, 0, 2])
-    output_h, output_c = tf.stack(h_list), tf.stack(c_list)
     if not call.time_major:
+        output = tf.transpose(output, [1, 0, 2])
         output_h = tf.reshape(output_h, [batch, LD, spec.hidden_size])
         output_c = tf.reshape(output_c, [batch, LD, spec.num_units])
     if spec.mode != "lstm":
@@ -330,6 +320,56 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values, fused
         results.append(tf.zeros([], tf.int8))  # host_reserved: likewise
     return results
 
+
+# From this batch size on, a unidirectional model runs as two independent halves of the
+# batch, side by side: two chains of recurrent products that the executor runs on the two
+# cores at once. One product over the whole batch runs slower on two threads than on one
+# (LSTM [32, 256] @ [256, 1024]: 124 us on two, 95 on one, 85 for two halves side by side).
+# Whole loop against halves, in one process (11 interleaved rounds, median): LSTM 12 x 100,
+# 128 -> 256: 0.83; 16 x 80, 96 -> 192: 0.83; 24 x 80, 96 -> 192: 0.75; 32 x 100, 128 -> 256:
+# 0.83; 32 x 80, 64 -> 512: 0.79; 64 x 50: 0.81; GRU 12 x 100: 0.91; 16 x 100: 0.83; 32 x 100:
+# 0.85; 16 x 80, 96 -> 192: 1.02 (noise). Below: LSTM 8 x 100, 128 -> 256: 1.07 (slower);
+# four parts: 0.88-2.0. Bidirectional models already run their two directions side by side.
+SPLIT_MIN_BATCH = 12
+
+
+def _batch_halves(layers, x, h0, c0, lengths, batch):
+    """`layers` (see _layers) on the batch's first and second half, side by side; both run the
+    While loop with the input part per step (each half has >= IN_LOOP_MIN_BATCH examples).
+    x: [T, B, I]; h0, c0: [L*D, B, .]; lengths [B] or None. Returns _layers' results for B."""
+    half = batch // 2
+    per_step = lambda spec, x, project, h0, c0, w, lengths, reverse: _loop_per_step(spec, x, h0, c0, w, lengths,
+                                                                                     reverse)
+    parts = [layers(x[:, rows], h0[:, rows], c0[:, rows], None if lengths is None else lengths[rows], per_step)
+             for rows in (slice(None, half), slice(half, None))]
+    return tuple(tf.concat(pieces, axis=1) for pieces in zip(*parts))
+
+
+def _layers(call, by_layer, x, h0, c0, lengths, direction):
+    """Every layer and direction of the RNN, time-major. x: [T, B, I]; h0 [L*D, B, Hh];
+    c0 [L*D, B, H]; lengths [B] or None; by_layer: (layer, direction) -> weight slots;
+    direction(spec, x, project, h0, c0, w, lengths, reverse) -> (y, h_n, c_n) computes one,
+    project() giving the input part of every gate for all steps when it needs that.
+
+    Returns (output [T, B, D*Hh], h_n [L*D, B, Hh], c_n [L*D, B, H]).
+    """
+    spec = call.spec
+    steps, batch = tf.shape(x)[0], (call.static_batch or tf.shape(x)[1])
+    layer_in = x
+    h_list, c_list = [], []
+    for layer in range(spec.num_layers):
+        flat_in = tf.reshape(layer_in, [-1, spec.layer_input_size(layer)])
+        outs = []
+        for d in range(spec.num_dirs):
+            w = by_layer[(layer, d)]
+            k = layer * spec.num_dirs + d
+            project = (lambda w=w, flat_in=flat_in: _project(spec, flat_in, w, steps, batch))
+            y, h_n, c_n = direction(spec, layer_in, project, h0[k], c0[k], w, lengths, d == 1)
+            outs.append(y)
+            h_list.append(h_n)
+            c_list.append(c_n)
+        layer_in = outs[0] if len(outs) == 1 else tf.concat(outs, axis=2)
+    return layer_in, tf.stack(h_list), tf.stack(c_list)
 
 def trace_rnn(call: RnnCall, name: str, fused_direction=None) -> TracedFunction:
     """Trace the CPU replacement of one cuDNN forward op as FunctionDefs named from `name`.

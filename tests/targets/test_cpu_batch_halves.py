@@ -1,0 +1,138 @@
+"""The CPU target's batch halves, at batch sizes on both sides of SPLIT_MIN_BATCH.
+
+    x [T, B, I] --> [unidirectional and B >= SPLIT_MIN_BATCH ?]
+                      --yes--> every layer on rows [0, B//2) and on rows [B//2, B), side by
+                               side (the While loop, input part per step), outputs concatenated
+                      '--no---> every layer on the whole batch (BlockLSTMV2 or the loop)
+
+Oracles: the numpy reference of cuDNN on raw cuDNN graphs, and Keras 3's own CPU layers
+(frozen Keras graphs with a batch that takes the halves: odd, so the halves differ in size).
+"""
+
+import numpy as np
+import pytest
+from builders import keras_graphs
+from builders.raw_graphs import build, run_graph_def
+from tensorflow.python.framework import tensor_util
+
+import graphfix
+from graphfix.cudnn import layout, reference
+from graphfix.graph.bodies import find_cudnn_nodes
+from graphfix.targets import cpu
+
+TOL = 1e-5
+BATCHES = [cpu.SPLIT_MIN_BATCH - 1, cpu.SPLIT_MIN_BATCH + 1]
+
+
+def _batch_tests(converted) -> int:
+    """How many `batch >= SPLIT_MIN_BATCH` tests the converted graph's functions hold."""
+    count = 0
+    for fdef in converted.library.function:
+        consts = {n.name: n for n in fdef.node_def if n.op == "Const"}
+        for node in fdef.node_def:
+            if node.op != "GreaterEqual":
+                continue
+            right = consts.get(node.input[1].split(":")[0])
+            if right is not None and tensor_util.MakeNdarray(right.attr["value"].tensor) == cpu.SPLIT_MIN_BATCH:
+                count += 1
+    return count
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("lengths", ["none", "short"])
+@pytest.mark.parametrize("time_major", [True, False])
+@pytest.mark.parametrize("spec", [
+    layout.RnnSpec("lstm", 2, 5, 3, 1),
+    layout.RnnSpec("gru", 1, 4, 3, 1),
+    layout.RnnSpec("lstm", 1, 6, 3, 1, num_proj=4),
+    layout.RnnSpec("rnn_relu", 1, 4, 3, 1),
+], ids=lambda s: f"{s.mode}-{s.num_layers}x{s.num_dirs}-proj{s.num_proj}")
+def test_halves_match_reference(spec, time_major, lengths, batch):
+    steps = 6
+    # Short lengths in both halves (rows 1, 2 and the last), one of them zero.
+    lens = None if lengths == "none" else np.array([steps, 0, 3] + [steps - 2] * (batch - 4) + [1])
+    case = build(spec, op="CudnnRNNV3", time_major=time_major, lengths=lens, batch=batch, steps=steps,
+                 seed=batch + spec.num_layers)
+    converted, _ = graphfix.convert_graph_def(case.graph_def)
+    assert find_cudnn_nodes(converted) == []
+    assert _batch_tests(converted) == 1
+    got = run_graph_def(converted, case.feeds, case.fetches)
+    weights = layout.unpack(case.buffer.astype(np.float64), spec)
+    LD = spec.num_layers * spec.num_dirs
+    # The case holds x [T, B, I] and states [L*D, B, .]; the op's batch-major shapes are [B, ...].
+    x = case.x if time_major else case.x.transpose(1, 0, 2)
+    h0 = case.h0 if time_major else case.h0.reshape(batch, LD, -1)
+    c0 = case.c0 if time_major else case.c0.reshape(batch, LD, -1)
+    expected = reference.forward(spec, weights, x, h0, c0, case.lengths, time_major=time_major)
+    for name, g, e in zip(("output", "output_h", "output_c"), got, expected):
+        if e is None:  # output_c of a non-LSTM: a dummy
+            continue
+        assert g.shape == e.shape, name
+        assert float(np.max(np.abs(g - e))) <= TOL, name
+
+
+def test_bidirectional_models_keep_the_whole_batch():
+    """Their two directions already run side by side: no halves (no batch test) in the graph."""
+    spec = layout.RnnSpec("lstm", 1, 4, 3, 2)
+    case = build(spec, op="CudnnRNNV3", batch=cpu.SPLIT_MIN_BATCH + 1, steps=4, seed=3)
+    converted, _ = graphfix.convert_graph_def(case.graph_def)
+    assert _batch_tests(converted) == 0
+    got = run_graph_def(converted, case.feeds, case.fetches)
+    expected = reference.forward(spec, layout.unpack(case.buffer.astype(np.float64), spec), case.x, case.h0,
+                                 case.c0, case.lengths)
+    for g, e in zip(got, expected):
+        assert float(np.max(np.abs(g - e))) <= TOL
+
+
+def _stacked_masked_lstm_case(batch: int) -> keras_graphs.FrozenCase:
+    """Keras 3 Masking -> LSTM(5, return_sequences) -> LSTM(4, return_sequences, return_state),
+    batch `batch`, every third example shorter (lengths 2-7 of 7)."""
+    import keras
+
+    steps = 7
+    lengths = [steps if b % 3 else 2 + b % 5 for b in range(batch)]
+    pad = keras_graphs._padding(lengths, steps)
+
+    def model():
+        x = keras.Input((steps, 3), batch_size=batch, name="x")
+        m = keras.layers.Masking(0.0, name="masking")(x)
+        h = keras.layers.LSTM(5, return_sequences=True, name="lstm_a")(m)
+        y = keras.layers.LSTM(4, return_sequences=True, return_state=True, name="lstm_b")(h)
+        return keras.Model(x, y, name="model")
+
+    def values(rng):
+        x = keras_graphs._uniform(rng, (batch, steps, 3), 1.0)
+        return [np.where(pad, np.float32(0), x)]
+
+    return keras_graphs._keras3_case("keras3_stacked_lstm_masked_halves", _stacked_masked_lstm_case.__doc__,
+                                     seed=batch, build_model=model, values=values,
+                                     padded_zero=lambda _: {0: pad})
+
+
+def _gru_initial_state_case(batch: int) -> keras_graphs.FrozenCase:
+    """Keras 3 GRU(6, return_sequences, return_state) with an h0 input, batch `batch`."""
+    import keras
+
+    def model():
+        x = keras.Input((5, 4), batch_size=batch, name="x")
+        h0 = keras.Input((6,), batch_size=batch, name="h0")
+        y = keras.layers.GRU(6, return_sequences=True, return_state=True, name="gru")(x, initial_state=h0)
+        return keras.Model([x, h0], y, name="model")
+
+    def values(rng):
+        return [keras_graphs._uniform(rng, (batch, 5, 4), 1.0), keras_graphs._uniform(rng, (batch, 6), 0.8)]
+
+    return keras_graphs._keras3_case("keras3_gru_initial_state_halves", _gru_initial_state_case.__doc__,
+                                     seed=batch, build_model=model, values=values)
+
+
+@pytest.mark.parametrize("make_case", [_stacked_masked_lstm_case, _gru_initial_state_case],
+                         ids=["stacked_masked_lstm", "gru_initial_state"])
+def test_halves_match_keras(make_case):
+    """Keras 3's CPU layers hold the same weights; the batch (odd) takes the halves."""
+    case = make_case(cpu.SPLIT_MIN_BATCH + 3)
+    converted, _ = graphfix.convert_graph_def(case.graph_def)
+    assert find_cudnn_nodes(converted) == []
+    assert _batch_tests(converted) >= 1
+    got = keras_graphs.run_graph_def(converted, case.feeds, case.fetches)
+    keras_graphs.assert_matches(case, got, reference=case.cudnn_expected, rtol=0, atol=TOL)
