@@ -53,7 +53,7 @@ def traced_variant(spec: RnnSpec, weights: list, switches: dict):
     Returns a concrete function (x [T, B, I], h0 [1, B, H], c0 [1, B, H]) -> y [T, B, H].
     """
     saved = {name: getattr(cpu, name) for name in switches}
-    call = cpu.RnnCall(spec, tf.float32)
+    call = cpu.RnnCall(spec, tf.float32, batch_halves=True)  # halves only where SPLIT_MIN_BATCH allows
     try:
         for name, value in switches.items():
             setattr(cpu, name, value)

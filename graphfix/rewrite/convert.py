@@ -34,6 +34,7 @@ from graphfix.graph.bodies import (
 )
 from graphfix.graph.detached import ConstStore
 from graphfix.graph.folding import Folder
+from graphfix.graph.side_by_side import side_by_side
 from graphfix.report import Report
 from graphfix.rewrite.context import Context
 from graphfix.rewrite.forward_op import FORWARD_OPS, Shapes
@@ -115,10 +116,11 @@ def _replace_ops(ctx: Context, body: Body) -> None:
             "convert the inference graph instead", f"{body.where}, node {backprop[0].name!r}")
     # CudnnRNNV3's sequence_lengths (input 4), read before the ops are replaced
     lengths = {body.parse_input(n.input[4]) for n in nodes if n.op == "CudnnRNNV3" and len(n.input) > 4}
+    beside = side_by_side(body, [n.name for n in nodes if n.op in FORWARD_OPS])
     for node in nodes:
         if node.op in FORWARD_OPS:
             log.info("converting %s %r (%s)", node.op, node.name, body.where)
-            params_ref = convert_forward(ctx, body, node, shapes, folder)
+            params_ref = convert_forward(ctx, body, node, shapes, folder, node.name in beside)
             if params_ref is not None:
                 folded_params.append(params_ref)
     ctx.report.removed_nodes += prune_dead(body, folded_params)

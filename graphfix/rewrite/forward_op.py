@@ -49,6 +49,9 @@ class ForwardOp:
     lengths: np.ndarray | None
     x_shape: tf.TensorShape
     warnings: list[str]
+    # Another forward op of the body neither feeds nor reads from this one, so the two can
+    # run at the same time (graph.side_by_side: a Bidirectional layer's two ops). Set by the rewrite.
+    side_by_side: bool = False
 
     @property
     def has_sequence_lengths(self) -> bool:

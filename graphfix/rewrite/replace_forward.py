@@ -13,6 +13,8 @@ that the target also emits.
 
 from __future__ import annotations
 
+import dataclasses
+
 from graphfix.cudnn import gates, weights
 from graphfix.errors import UnsupportedError
 from graphfix.graph.bodies import Body, TensorRef
@@ -32,10 +34,14 @@ from graphfix.rewrite.splice import (
 TRAINING_OUTPUTS = {3: "reserve_space", 4: "host_reserved"}
 
 
-def convert_forward(ctx: Context, body: Body, node, shapes: Shapes, folder: Folder) -> TensorRef | None:
-    """Replace one CudnnRNN/V2/V3 node, as ctx.target emits it. Returns the params ref when it was folded."""
+def convert_forward(ctx: Context, body: Body, node, shapes: Shapes, folder: Folder,
+                    side_by_side: bool = False) -> TensorRef | None:
+    """Replace one CudnnRNN/V2/V3 node, as ctx.target emits it. Returns the params ref when it was folded.
+
+    side_by_side: another forward op of the body can run at the same time (`ForwardOp.side_by_side`).
+    """
     _refuse_training_consumers(ctx.graph_def, body, node, node_where(body, node))
-    fop = read_forward_op(body, node, shapes, folder, ctx.gate_order)
+    fop = dataclasses.replace(read_forward_op(body, node, shapes, folder, ctx.gate_order), side_by_side=side_by_side)
     ctx.report.warnings += fop.warnings
     spec, dtype, target = fop.spec, fop.dtype, ctx.target
     plan = target.plan(body, node, fop, ctx.report)

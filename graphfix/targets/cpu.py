@@ -9,7 +9,7 @@ same output.
 The RNN function (one per cuDNN node)::
 
     x [T,B,I] or [B,T,I] --transpose--> [T,B,I]
-    unidirectional and B >= SPLIT_MIN_BATCH:            # one test per call
+    unidirectional, no other op beside it (call_for), B >= SPLIT_MIN_BATCH:   # one test per call
       all that follows on each half of the batch, side by side (the loop only), concatenated
     otherwise, on the whole batch:
       for each layer, for each direction:
@@ -71,6 +71,9 @@ class RnnCall:
     # the `fused_direction` given to trace_rnn (a function the TFLite converter fuses).
     static_batch: int | None = None
     fused_lstm: bool = False
+    # CPU target: from SPLIT_MIN_BATCH examples on, run two halves of the batch side by side
+    # (unidirectional ops that no other forward op runs beside; see call_for).
+    batch_halves: bool = False
 
 
 class _TfOps:
@@ -299,7 +302,7 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values, fused
     else:
         direction = _loop
     layers = lambda x, h0, c0, lengths, direction: _layers(call, by_layer, x, h0, c0, lengths, direction)
-    if call.static_batch is None and not call.fused_lstm and spec.num_dirs == 1:
+    if call.batch_halves and call.static_batch is None and not call.fused_lstm:
         output, output_h, output_c = tf.cond(
             batch >= SPLIT_MIN_BATCH, lambda: _batch_halves(layers, x, h0, c0, lengths, batch),
             lambda: layers(x, h0, c0, lengths, direction))
@@ -321,7 +324,7 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values, fused
     return results
 
 
-# From this batch size on, a unidirectional model runs as two independent halves of the
+# From this batch size on, a call with batch_halves runs as two independent halves of the
 # batch, side by side: two chains of recurrent products that the executor runs on the two
 # cores at once. One product over the whole batch runs slower on two threads than on one
 # (LSTM [32, 256] @ [256, 1024]: 124 us on two, 95 on one, 85 for two halves side by side).
@@ -329,7 +332,7 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values, fused
 # 128 -> 256: 0.83; 16 x 80, 96 -> 192: 0.83; 24 x 80, 96 -> 192: 0.75; 32 x 100, 128 -> 256:
 # 0.83; 32 x 80, 64 -> 512: 0.79; 64 x 50: 0.81; GRU 12 x 100: 0.91; 16 x 100: 0.83; 32 x 100:
 # 0.85; 16 x 80, 96 -> 192: 1.02 (noise). Below: LSTM 8 x 100, 128 -> 256: 1.07 (slower);
-# four parts: 0.88-2.0. Bidirectional models already run their two directions side by side.
+# four parts: 0.88-2.0. Not where a peer already takes the second core (call_for).
 SPLIT_MIN_BATCH = 12
 
 
@@ -432,6 +435,14 @@ class CpuTarget:
 
 
 def call_for(fop) -> RnnCall:
-    """The RnnCall of a `graphfix.rewrite.forward_op.ForwardOp`, any batch."""
-    return RnnCall(fop.spec, fop.dtype, fop.time_major, fop.has_sequence_lengths, fop.num_outputs)
+    """The RnnCall of a `graphfix.rewrite.forward_op.ForwardOp`, any batch.
+
+    Batch halves only where nothing else uses the second core: not for a bidirectional op
+    (its directions run side by side), nor for an op another runs beside (Keras's
+    Bidirectional is two ops: halves there made four chains on two cores, measured 1.12-1.19x
+    the whole batch at 16 x 80, 96 -> 192).
+    """
+    halves = fop.spec.num_dirs == 1 and not fop.side_by_side
+    return RnnCall(fop.spec, fop.dtype, fop.time_major, fop.has_sequence_lengths, fop.num_outputs,
+                   batch_halves=halves)
 

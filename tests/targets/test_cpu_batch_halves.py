@@ -11,13 +11,15 @@ Oracles: the numpy reference of cuDNN on raw cuDNN graphs, and Keras 3's own CPU
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from builders import keras_graphs
 from builders.raw_graphs import build, run_graph_def
 from tensorflow.python.framework import tensor_util
 
 import graphfix
 from graphfix.cudnn import layout, reference
-from graphfix.graph.bodies import find_cudnn_nodes
+from graphfix.graph.bodies import GraphBody, find_cudnn_nodes
+from graphfix.graph.side_by_side import side_by_side
 from graphfix.targets import cpu
 
 TOL = 1e-5
@@ -71,7 +73,7 @@ def test_halves_match_reference(spec, time_major, lengths, batch):
         assert float(np.max(np.abs(g - e))) <= TOL, name
 
 
-def test_bidirectional_models_keep_the_whole_batch():
+def test_bidirectional_ops_keep_the_whole_batch():
     """Their two directions already run side by side: no halves (no batch test) in the graph."""
     spec = layout.RnnSpec("lstm", 1, 4, 3, 2)
     case = build(spec, op="CudnnRNNV3", batch=cpu.SPLIT_MIN_BATCH + 1, steps=4, seed=3)
@@ -136,3 +138,50 @@ def test_halves_match_keras(make_case):
     assert _batch_tests(converted) >= 1
     got = keras_graphs.run_graph_def(converted, case.feeds, case.fetches)
     keras_graphs.assert_matches(case, got, reference=case.cudnn_expected, rtol=0, atol=TOL)
+
+
+def _bidirectional_then_lstm_case(batch: int) -> keras_graphs.FrozenCase:
+    """Keras 3 Bidirectional(LSTM(4, return_sequences)) -> LSTM(5, return_sequences): the
+    Bidirectional layer is two cuDNN ops that both read x; the last LSTM reads both."""
+    import keras
+
+    def model():
+        x = keras.Input((6, 3), batch_size=batch, name="x")
+        h = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True, name="lstm_a"), name="bi")(x)
+        return keras.Model(x, keras.layers.LSTM(5, return_sequences=True, name="lstm_b")(h), name="model")
+
+    return keras_graphs._keras3_case("keras3_bidirectional_then_lstm_halves", _bidirectional_then_lstm_case.__doc__,
+                                     seed=batch, build_model=model,
+                                     values=lambda rng: [keras_graphs._uniform(rng, (batch, 6, 3), 1.0)])
+
+
+def test_ops_side_by_side_keep_the_whole_batch():
+    """Keras's Bidirectional: its two ops keep the whole batch (four chains on two cores were
+    slower), the LSTM after them takes the halves; the numbers are Keras's either way."""
+    case = _bidirectional_then_lstm_case(cpu.SPLIT_MIN_BATCH + 1)
+    assert len(case.cudnn) == 3
+    converted, _ = graphfix.convert_graph_def(case.graph_def)
+    assert find_cudnn_nodes(converted) == []
+    assert _batch_tests(converted) == 1  # the last LSTM's function only (the two directions share one)
+    got = keras_graphs.run_graph_def(converted, case.feeds, case.fetches)
+    keras_graphs.assert_matches(case, got, reference=case.cudnn_expected, rtol=0, atol=TOL)
+
+
+def _node(name, op, *inputs):
+    return tf.compat.v1.NodeDef(name=name, op=op, input=list(inputs))
+
+
+def test_side_by_side_finds_nodes_neither_feeds():
+    """x feeds a and (through r) b; c reads a and b; d reads c. e waits on a by a control edge.
+    The loop (m <-> n) reads b."""
+    graph = tf.compat.v1.GraphDef(node=[
+        _node("x", "Placeholder"), _node("a", "Op", "x"), _node("r", "Op", "x:1"), _node("b", "Op", "r"),
+        _node("c", "Op", "a", "b:2"), _node("d", "Op", "c"), _node("e", "Op", "x", "^a"),
+        _node("m", "Merge", "b", "n"), _node("n", "NextIteration", "m")])
+    body = GraphBody(graph)
+    assert side_by_side(body, ["a", "b", "d"]) == {"a", "b"}
+    assert side_by_side(body, ["a", "e"]) == set()
+    assert side_by_side(body, ["b", "e"]) == {"b", "e"}
+    assert side_by_side(body, ["b", "m"]) == set()  # m reads b; the cycle through m is no peer
+    assert side_by_side(body, ["d"]) == set()
+    assert side_by_side(body, ["c", "d"]) == set()
