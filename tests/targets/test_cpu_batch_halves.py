@@ -1,9 +1,12 @@
 """The CPU target's batch halves, at batch sizes on both sides of SPLIT_MIN_BATCH.
 
-    x [T, B, I] --> [unidirectional and B >= SPLIT_MIN_BATCH ?]
+    x [T, B, I] --> [unidirectional, no forward op beside it, and B >= SPLIT_MIN_BATCH ?]
                       --yes--> every layer on rows [0, B//2) and on rows [B//2, B), side by
                                side (the While loop, input part per step), outputs concatenated
                       '--no---> every layer on the whole batch (BlockLSTMV2 or the loop)
+
+("Beside": another forward op of the graph that neither feeds nor reads from this one, as
+in Keras's Bidirectional, which is two ops; `graphfix.graph.side_by_side`.)
 
 Oracles: the numpy reference of cuDNN on raw cuDNN graphs, and Keras 3's own CPU layers
 (frozen Keras graphs with a batch that takes the halves: odd, so the halves differ in size).
