@@ -180,6 +180,22 @@ def bodies(graph_def: graph_pb2.GraphDef, consts=None) -> list[Body]:
     return [GraphBody(graph_def, consts)] + [FunctionBody(f) for f in graph_def.library.function]
 
 
+def ancestors(body: Body, names) -> set[str]:
+    """`names` and every node of `body` they read from, through data and control inputs.
+
+    Names that are no node of the body (function arguments) are left out.
+    """
+    seen: set[str] = set()
+    stack = list(names)
+    while stack:
+        name = stack.pop()
+        node = body.node(name)
+        if name in seen or node is None:
+            continue
+        seen.add(name)
+        stack.extend(text.lstrip("^").split(":")[0] for text in node.input)
+    return seen
+
 def function_refs(nodes) -> Iterator:
     """Every function reference (NameAttrList) in the nodes' attributes, in a fixed order.
 

@@ -28,7 +28,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from graphfix import rewrite
 from graphfix.cudnn import gates, layout
 from graphfix.errors import GraphfixError, InputError
-from graphfix.graph.bodies import Body, GraphBody, bodies, is_cudnn, reachable_functions
+from graphfix.graph.bodies import Body, GraphBody, ancestors, bodies, is_cudnn, reachable_functions
 from graphfix.graph.detached import ConstStore
 from graphfix.graph.folding import CANONICAL_TO_PARAMS, Folder
 from graphfix.graph.saved_values import Found, ValueFinder
@@ -281,7 +281,7 @@ def _reachability(graph_def: graph_pb2.GraphDef, meta):
     for name, sig in sorted(meta.signature_def.items()):
         if name.startswith("__"):  # __saved_model_init_op and the like: not something a user calls
             continue
-        nodes = _ancestors(top, [t.name.split(":")[0] for t in sig.outputs.values()])
+        nodes = ancestors(top, [t.name.split(":")[0] for t in sig.outputs.values()])
         view = graph_pb2.GraphDef()
         view.node.extend(n for n in graph_def.node if n.name in nodes)
         view.library.CopyFrom(graph_def.library)
@@ -291,19 +291,6 @@ def _reachability(graph_def: graph_pb2.GraphDef, meta):
         return [name for name, (nodes, functions) in by_signature.items()
                 if (node in nodes if key == TOP_LEVEL else key in functions)]
     return reach
-
-
-def _ancestors(body: GraphBody, names: list[str]) -> set[str]:
-    by_name = {n.name: n for n in body.nodes}
-    seen, stack = set(), list(names)
-    while stack:
-        name = stack.pop()
-        node = by_name.get(name)
-        if name in seen or node is None:
-            continue
-        seen.add(name)
-        stack.extend(text.lstrip("^").split(":")[0] for text in node.input)
-    return seen
 
 
 def _import(graph_def: graph_pb2.GraphDef) -> tf.Graph:

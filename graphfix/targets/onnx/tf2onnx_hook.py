@@ -24,7 +24,7 @@ from tensorflow.core.framework import graph_pb2
 
 from graphfix.cudnn import gates
 from graphfix.errors import GraphfixError, UnsupportedError
-from graphfix.graph.bodies import GraphBody
+from graphfix.graph.bodies import GraphBody, ancestors
 from graphfix.graph.folding import Folder
 from graphfix.rewrite.forward_op import FORWARD_OPS, ForwardOp, Shapes, node_where, read_forward_op
 from graphfix.targets.onnx.emit import OPSET, emit_rnn
@@ -109,14 +109,7 @@ def _identity_source(body: GraphBody, ref):
 
 def _pruned(graph_def: graph_pb2.GraphDef, keep: set[str]) -> graph_pb2.GraphDef:
     """The nodes `keep` and everything they depend on (data and control inputs), library kept."""
-    by_name = {n.name: n for n in graph_def.node}
-    seen, stack = set(), list(keep)
-    while stack:
-        name = stack.pop()
-        if name in seen or name not in by_name:
-            continue
-        seen.add(name)
-        stack.extend(i.lstrip("^").split(":")[0] for i in by_name[name].input)
+    seen = ancestors(GraphBody(graph_def), keep)
     out = graph_pb2.GraphDef()
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)
