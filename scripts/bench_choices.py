@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--kind", choices=["lstm", "gru"], default="lstm")
     parser.add_argument("--case", action="append", help="B,T,I,H (repeatable; default: four shapes)")
     parser.add_argument("--variants", help=f"comma list of {', '.join(VARIANTS)} "
-                                           "(default: all for LSTM, the two loops for GRU)")
+                                           "(default: all for LSTM; for GRU all but block)")
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     default = list(VARIANTS) if args.kind == "lstm" else ["loop_per_step", "loop_one_matmul", "halves"]

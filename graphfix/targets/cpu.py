@@ -234,11 +234,12 @@ def _loop(spec, x, project, h0, c0, w, lengths, reverse):
     steps, below IN_LOOP_MIN_BATCH examples) or per step (from it on). x: [T, B, in]."""
     at_once = lambda: run_direction(spec, project(), h0, c0, w, lengths, reverse)
     return tf.cond(tf.shape(x)[1] >= IN_LOOP_MIN_BATCH,
-                   lambda: _loop_per_step(spec, x, h0, c0, w, lengths, reverse), at_once)
+                   lambda: _loop_per_step(spec, x, project, h0, c0, w, lengths, reverse), at_once)
 
 
-def _loop_per_step(spec, x, h0, c0, w, lengths, reverse):
-    """The While loop with each step's input part computed inside it. x: [T, B, in]."""
+def _loop_per_step(spec, x, project, h0, c0, w, lengths, reverse):
+    """The While loop with each step's input part computed inside it. x: [T, B, in]; project:
+    unused (each step is projected inside the loop), taken to be a `_layers` direction."""
     return run_direction(spec, x, h0, c0, w, lengths, reverse, project_step=lambda rows: _project_rows(spec, rows, w))
 
 
@@ -250,7 +251,7 @@ def _block_or_loop(spec, x, project, h0, c0, w, lengths, reverse):
     # (BlockLSTMV2 multiplies [x_t, h] step by step); see docs/performance.md.
     small = tf.shape(x)[1] <= BLOCK_LSTM_MAX_BATCH
     # The loop runs only above BLOCK_LSTM_MAX_BATCH (>= IN_LOOP_MIN_BATCH): input part per step.
-    loop = lambda: _loop_per_step(spec, x, h0, c0, w, lengths, reverse)
+    loop = lambda: _loop_per_step(spec, x, project, h0, c0, w, lengths, reverse)
     if lengths is None:
         return tf.cond(small, lambda: block_lstm.block_direction(spec, x, h0, c0, w, reverse), loop)
     full = tf.reduce_all(lengths >= tf.shape(x)[0])
@@ -341,9 +342,7 @@ def _batch_halves(layers, x, h0, c0, lengths, batch):
     While loop with the input part per step (each half has >= IN_LOOP_MIN_BATCH examples).
     x: [T, B, I]; h0, c0: [L*D, B, .]; lengths [B] or None. Returns _layers' results for B."""
     half = batch // 2
-    per_step = lambda spec, x, project, h0, c0, w, lengths, reverse: _loop_per_step(spec, x, h0, c0, w, lengths,
-                                                                                     reverse)
-    parts = [layers(x[:, rows], h0[:, rows], c0[:, rows], None if lengths is None else lengths[rows], per_step)
+    parts = [layers(x[:, rows], h0[:, rows], c0[:, rows], None if lengths is None else lengths[rows], _loop_per_step)
              for rows in (slice(None, half), slice(half, None))]
     return tuple(tf.concat(pieces, axis=1) for pieces in zip(*parts))
 
