@@ -36,20 +36,29 @@ class RawCase:
 
 def build(spec: layout.RnnSpec, op="CudnnRNNV3", dtype=np.float32, time_major=True, lengths=None,
           lengths_fed=False, params_source="const", batch=3, steps=5, input_mode=None, seed=0,
-          is_training=False, dropout=0.0, feed_states=True, num_proj=None) -> RawCase:
+          is_training=False, dropout=0.0, feed_states=True, num_proj=None, values=None) -> RawCase:
     """params_source: const | concat (Keras-style subgraph) | canonical (CanonicalToParams) | fed.
 
     num_proj: the V3 attribute as written, when it differs from spec.num_proj (num_units
     itself, which TensorFlow reads as no projection and RnnSpec stores as 0).
+    values: recorded arrays to use instead of random ones: "buffer" [params_size],
+    "x" [T, B, I], "h0" [L*D, B, Hh] and, for an LSTM, "c0" [L*D, B, H]; they set dtype,
+    steps and batch.
     """
     num_proj = spec.num_proj if num_proj is None else num_proj
     rng = np.random.default_rng(seed)
     n = layout.params_size(spec)
+    if values is not None:
+        dtype = values["buffer"].dtype
+        steps, batch = values["x"].shape[:2]
     buf = (rng.standard_normal(n) * 0.4).astype(dtype)
     LD = spec.num_layers * spec.num_dirs
     x = rng.standard_normal((steps, batch, spec.input_size)).astype(dtype)
     h0 = (rng.standard_normal((LD, batch, spec.hidden_size)) * 0.5).astype(dtype)
     c0 = (rng.standard_normal((LD, batch, spec.num_units)) * 0.5).astype(dtype)
+    if values is not None:
+        buf, x, h0 = values["buffer"], values["x"], values["h0"]
+        c0 = values.get("c0", c0)
     tf_dtype = tf.as_dtype(dtype)
     feeds = {}
     graph = tf.Graph()
