@@ -16,9 +16,9 @@ see tensorflow ``core/kernels/cudnn_rnn_ops.cc`` and apache/mxnet
         G vectors bR[g]  [H]
 
 All matrices of all pseudo-layers come first, then all biases; there is no padding.
-Gate order is cuDNN's: LSTM i, f, c, o; GRU r, z, n. Checked against cuDNN 9.19 on a GPU
-(offsets and outputs recorded by ``scripts/cudnn_probe.py``;
-``tests/cudnn/test_cudnn_ground_truth.py``).
+Gate order is cuDNN's: LSTM i, f, c, o; GRU r, z, n. Checked against cuDNN 9.19 on a GPU,
+skip_input included (offsets and outputs recorded by ``scripts/cudnn_probe.py`` and
+``scripts/cudnn_api_probe.py``; ``tests/cudnn/test_cudnn_ground_truth.py``).
 """
 
 from __future__ import annotations
