@@ -34,36 +34,36 @@ import tensorflow as tf  # noqa: E402
 
 from graphfix.cudnn.layout import RnnSpec, params_size  # noqa: E402
 from graphfix.cudnn.weights import graph_weights_from_buffer  # noqa: E402
-from graphfix.targets import cpu  # noqa: E402
+from graphfix.targets import cpu, cpu_loop  # noqa: E402
 
-# variant -> the cpu module switches it runs under
-WHOLE = {"SPLIT_MIN_BATCH": 10**9}  # the whole batch in one computation
+# variant -> the switches it runs under: (module, name) -> value
+WHOLE = {(cpu, "SPLIT_MIN_BATCH"): 10**9}  # the whole batch in one computation
 VARIANTS = {
-    "block": {**WHOLE, "BLOCK_LSTM": True, "BLOCK_LSTM_MAX_BATCH": 10**9},
-    "loop_per_step": {**WHOLE, "BLOCK_LSTM": False, "IN_LOOP_MIN_BATCH": 1},
-    "loop_one_matmul": {**WHOLE, "BLOCK_LSTM": False, "IN_LOOP_MIN_BATCH": 10**9},
-    "halves": {"SPLIT_MIN_BATCH": 2},  # two halves of the batch side by side, each a per-step loop
+    "block": {**WHOLE, (cpu, "BLOCK_LSTM"): True, (cpu, "BLOCK_LSTM_MAX_BATCH"): 10**9},
+    "loop_per_step": {**WHOLE, (cpu, "BLOCK_LSTM"): False, (cpu_loop, "IN_LOOP_MIN_BATCH"): 1},
+    "loop_one_matmul": {**WHOLE, (cpu, "BLOCK_LSTM"): False, (cpu_loop, "IN_LOOP_MIN_BATCH"): 10**9},
+    "halves": {(cpu, "SPLIT_MIN_BATCH"): 2},  # two halves of the batch side by side, each a per-step loop
 }
 DEFAULT_CASES = ["1,100,64,128", "4,120,128,512", "16,80,96,192", "32,100,128,256"]
 
 
 def traced_variant(spec: RnnSpec, weights: list, switches: dict):
-    """cpu.rnn_forward for one layer, traced with the cpu module's switches set to `switches`.
+    """cpu.rnn_forward for one layer, traced with the modules' switches set to `switches`.
 
     Returns a concrete function (x [T, B, I], h0 [1, B, H], c0 [1, B, H]) -> y [T, B, H].
     """
-    saved = {name: getattr(cpu, name) for name in switches}
+    saved = {(module, name): getattr(module, name) for module, name in switches}
     call = cpu.RnnCall(spec, tf.float32, batch_halves=True)  # halves only where SPLIT_MIN_BATCH allows
     try:
-        for name, value in switches.items():
-            setattr(cpu, name, value)
+        for (module, name), value in switches.items():
+            setattr(module, name, value)
         signature = [tf.TensorSpec([None, None, spec.input_size]), tf.TensorSpec([1, None, spec.num_units]),
                      tf.TensorSpec([1, None, spec.num_units])]
         fn = tf.function(lambda x, h0, c0: cpu.rnn_forward(call, x, h0, c0, None, weights)[0])
         return fn.get_concrete_function(*signature)
     finally:
-        for name, value in saved.items():
-            setattr(cpu, name, value)
+        for (module, name), value in saved.items():
+            setattr(module, name, value)
 
 
 def run_case(kind: str, case: str, variants: list[str], rounds: int) -> list[list[str]]:

@@ -20,7 +20,7 @@ slots (`graphfix.rewrite.weight_sources` hands them over as they are, so a call 
 weight work), and every matrix is the right operand of its MatMul untransposed. A
 transposed right operand cost 1.06-1.26x for x_t [B, 64-128] @ kernel.T (B 4-32), 2.8x at
 in = 512, and 1.6-3.4x for h @ R.T; from batch 4 the input product runs once per step inside
-the loop (`graphfix.targets.cpu.IN_LOOP_MIN_BATCH`), so that cost was paid per step.
+the loop (`graphfix.targets.cpu_loop.IN_LOOP_MIN_BATCH`), so that cost was paid per step.
 Constant params are transposed at conversion (numpy views; copied once when written);
 params known only at run time cost one transpose per matrix per call.
 """

@@ -14,7 +14,7 @@ import graphfix
 from graphfix.cudnn import layout, reference
 from graphfix.cudnn.weights import graph_weights_from_buffer, weight_slots
 from graphfix.graph.bodies import find_cudnn_nodes
-from graphfix.targets import block_lstm, cpu
+from graphfix.targets import block_lstm, cpu, cpu_loop
 
 TOL = 1e-5
 
@@ -72,7 +72,7 @@ def test_block_direction_matches_reference(reverse, saturate):
     # TensorFlow's own ops (the target's While loop) agree too.
     proj = tf.reshape(tf.matmul(tf.reshape(x, [-1, spec.input_size]), w["kernel"]) + w["bias"],
                       [steps, batch, 4 * spec.num_units])
-    ly, _, _ = cpu.run_direction(spec, proj, tf.constant(h0), tf.constant(c0), w, None, reverse)
+    ly, _, _ = cpu_loop.run_direction(spec, proj, tf.constant(h0), tf.constant(c0), w, None, reverse)
     assert np.abs(y.numpy() - ly.numpy()).max() <= TOL
 
 

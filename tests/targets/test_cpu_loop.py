@@ -17,10 +17,10 @@ from builders.raw_graphs import build, run_graph_def
 import graphfix
 from graphfix.cudnn import layout, reference
 from graphfix.graph.bodies import find_cudnn_nodes
-from graphfix.targets import cpu
+from graphfix.targets import cpu, cpu_loop
 
 TOL = 1e-5
-BATCHES = [cpu.IN_LOOP_MIN_BATCH - 1, cpu.IN_LOOP_MIN_BATCH + 2]
+BATCHES = [cpu_loop.IN_LOOP_MIN_BATCH - 1, cpu_loop.IN_LOOP_MIN_BATCH + 2]
 
 
 @pytest.mark.parametrize("batch", BATCHES)
@@ -40,9 +40,9 @@ def test_loop_matches_reference_on_both_sides(spec, lengths, batch):
     converted, _ = graphfix.convert_graph_def(case.graph_def)
     assert find_cudnn_nodes(converted) == []
     if spec.input_mode != "skip_input":  # both loops are in the graph; the per-step one multiplies x_t too
-        per_step = (2 + bool(spec.num_proj)) * cpu._UNROLL  # x_t, h (and the projection) per unrolled step
+        per_step = (2 + bool(spec.num_proj)) * cpu_loop.UNROLL  # x_t, h (and the projection) per unrolled step
         counts = {sum(n.op == "MatMul" for n in f.node_def) for f in converted.library.function}
-        assert per_step in counts and per_step - cpu._UNROLL in counts, counts
+        assert per_step in counts and per_step - cpu_loop.UNROLL in counts, counts
     got = run_graph_def(converted, case.feeds, case.fetches)
     weights = layout.unpack(case.buffer.astype(np.float64), spec)
     expected = reference.forward(spec, weights, case.x, case.h0, case.c0, case.lengths)
@@ -58,22 +58,22 @@ def test_keras_gru_at_a_larger_batch(name):
     case = keras_graphs.BUILDERS[name](2)
     converted, _ = graphfix.convert_graph_def(case.graph_def)
     rows = len(next(iter(case.feeds.values())))
-    repeat = -(-(cpu.IN_LOOP_MIN_BATCH + 1) // rows)
+    repeat = -(-(cpu_loop.IN_LOOP_MIN_BATCH + 1) // rows)
     feeds = {k: np.concatenate([v] * repeat) for k, v in case.feeds.items()}
-    assert len(next(iter(feeds.values()))) >= cpu.IN_LOOP_MIN_BATCH
+    assert len(next(iter(feeds.values()))) >= cpu_loop.IN_LOOP_MIN_BATCH
     got = keras_graphs.run_graph_def(converted, feeds, case.fetches)
     for g, e in zip(got, case.expected):
         np.testing.assert_allclose(g, np.concatenate([e] * repeat), atol=TOL, rtol=0)
 
 
 def test_cpu_loops_run_few_iterations_at_once():
-    """Every While loop of the CPU target runs at most cpu._PARALLEL_ITERATIONS iterations at
+    """Every While loop of the CPU target runs at most cpu_loop.PARALLEL_ITERATIONS iterations at
     once (measured faster than TensorFlow's default 10); the TFLite target's loop keeps 10."""
     spec = layout.RnnSpec("gru", 1, 4, 3, 2)
     case = build(spec, op="CudnnRNNV3", lengths=np.array([6, 2]), batch=2, steps=6, seed=1)
     converted, _ = graphfix.convert_graph_def(case.graph_def)
     loops = [n for f in converted.library.function for n in f.node_def if n.op in ("While", "StatelessWhile")]
-    assert loops and {n.attr["parallel_iterations"].i for n in loops} == {cpu._PARALLEL_ITERATIONS}
+    assert loops and {n.attr["parallel_iterations"].i for n in loops} == {cpu_loop.PARALLEL_ITERATIONS}
     tflite = cpu.trace_rnn(cpu.RnnCall(spec, tf.float32, has_sequence_lengths=True, num_outputs=5,
                                        static_batch=2), "tflite_loop")
     tflite_loops = [n for f in tflite.function_defs for n in f.node_def if n.op in ("While", "StatelessWhile")]

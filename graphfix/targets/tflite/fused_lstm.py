@@ -28,7 +28,7 @@ import functools
 import tensorflow as tf
 
 from graphfix.cudnn.layout import RnnSpec
-from graphfix.targets.cpu import run_direction
+from graphfix.targets.cpu_loop import run_direction
 
 
 PLAIN_PREFIX = "lstm_graphfix"  # "lstm_": the converter's Keras-LSTM fusion takes it

@@ -1,0 +1,173 @@
+"""One pseudo-layer of the CPU target as a While loop over time steps.
+
+`graphfix.targets.cpu` decides, per call, which computation runs each layer and direction
+(BlockLSTMV2, this loop, the TFLite target's fused LSTM); this module is the loop:
+
+    x [T, B, in]
+    batch < IN_LOOP_MIN_BATCH: x_proj = x @ kernel + bias for all steps (one MatMul), then the loop
+    else:                      x_proj[t] = x[t] @ kernel + bias inside the loop (run ahead on the other core)
+    every length >= T (or none):  While: UNROLL steps per iteration, then T % UNROLL single steps:
+                                      gates = x_proj[t] + h @ recurrent_kernel; cell update
+    else:                          the same loops, masked past each example's length
+
+Weights are the slots of `graphfix.cudnn.weights` (Keras's layout and gate order).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from graphfix.cudnn.layout import RnnSpec
+
+
+def cell_step(spec: RnnSpec, x_t, h, c, recurrent_kernel, recurrent_bias, projection):
+    """One step for a batch. x_t: [B, G*H] (input part, biases added). h: [B, Hh]. c: [B, H].
+
+    Gates in the slots' order (`cudnn.weights`: LSTM i, f, c, o; GRU z, r, n). GRU splits
+    both products into three equal parts (Split) and takes two sigmoids: measured 2-5%
+    faster at batch 1-32 than one sigmoid over z and r after two unequal SplitVs.
+    """
+    rec = tf.matmul(h, recurrent_kernel)
+    if spec.mode == "lstm":
+        i, f, g, o = tf.split(x_t + rec, 4, axis=1)
+        c_new = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+        h_new = tf.sigmoid(o) * tf.tanh(c_new)
+        if projection is not None:
+            h_new = tf.matmul(h_new, projection)
+        return h_new, c_new
+    if spec.mode == "gru":
+        x_z, x_r, x_n = tf.split(x_t, 3, axis=1)
+        h_z, h_r, h_n = tf.split(rec + recurrent_bias, 3, axis=1)
+        z, r = tf.sigmoid(x_z + h_z), tf.sigmoid(x_r + h_r)
+        n = tf.tanh(x_n + r * h_n)
+        return n + z * (h - n), c
+    pre = x_t + rec
+    return (tf.tanh(pre) if spec.mode == "rnn_tanh" else tf.nn.relu(pre)), c
+
+
+# Time steps per While iteration. Each iteration pays for the loop's control ops (per loop
+# variable: Merge, Switch, Identity, NextIteration; plus the condition), which at batch 1
+# cost as much as the step itself; unrolling 4 steps cut an LSTM 1 x 100, 64 -> 128 call
+# by about 25% (2 steps: about 20%) and changed nothing measurable at batch 32.
+UNROLL = 4
+# Iterations the executor may run at once (TensorFlow's default is 10). With 2 (8 steps in
+# flight) the per-step input products still run ahead of the recurrent chain, and fewer in
+# flight measured faster (not profiled; presumably less contention with the chain for the
+# cores). Against 10, interleaved in one process (11 rounds, median):
+# GRU 16 x 80, 96 -> 192: 0.92; 32 x 100, 128 -> 256: 0.93; 32 x 80, 64 -> 512: 0.93;
+# 1 x 100, 64 -> 128: 0.96; 4 x 120, 128 -> 512: 0.98; 4 x 300, 40 -> 320: 1.02 (noise);
+# LSTM loop 16 x 80, 96 -> 192: 0.97; 32 x 100, 128 -> 256: 1.00; 32 x 80, 64 -> 512: 0.98.
+# 1 was slower (GRU 16 x 80: 1.19), 32 too (1.05-1.07). The TFLite loop keeps the default.
+PARALLEL_ITERATIONS = 2
+
+
+def run_direction(spec, x_proj, h0, c0, w, lengths, reverse, static_batch=None, project_step=None):
+    """One pseudo-layer. x_proj: [T, B, G*H]; h0 [B, Hh]; c0 [B, H]; lengths [B] (<= T) or None.
+
+    project_step: None when x_proj is the input part of every gate already; else x_proj is
+    the layer's input x [T, B, in] and project_step(x_t [B, in]) -> [B, G*H] runs inside the
+    loop, step by step (see `_loop`).
+    Returns (y [T, B, Hh], h_n [B, Hh], c_n [B, H]). static_batch: B when fixed (TFLite).
+    """
+    if lengths is None or static_batch is not None:
+        # TFLite target: one plain loop, as before. Its converter (builtins only) failed to
+        # lower the fast path's TensorList reads ("Lowering tensor list ops is failed").
+        return _scan(spec, x_proj, h0, c0, w, lengths, reverse, static_batch, project_step)
+    # Keras 3 exports always feed sequence lengths, and nearly always full ones. Masking
+    # costs 6 ops per step (a third of an LSTM step at batch 1); with every length equal
+    # to T it changes nothing, so one test per call picks the loop without it.
+    full = tf.reduce_all(lengths >= tf.shape(x_proj)[0])
+    return tf.cond(full, lambda: _scan(spec, x_proj, h0, c0, w, None, reverse, static_batch, project_step),
+                   lambda: _scan(spec, x_proj, h0, c0, w, lengths, reverse, static_batch, project_step))
+
+
+def _scan(spec, x_proj, h0, c0, w, lengths, reverse, static_batch, project_step=None):
+    """run_direction's loop; masked past each example's length when `lengths` is given."""
+    steps = tf.shape(x_proj)[0]
+    if reverse:  # with full lengths reverse_sequence is tf.reverse
+        x_proj = (tf.reverse(x_proj, [0]) if lengths is None
+                  else tf.reverse_sequence(x_proj, lengths, seq_axis=0, batch_axis=1))
+    outputs = tf.TensorArray(x_proj.dtype, size=steps, element_shape=tf.TensorShape([static_batch, spec.hidden_size]))
+    tflite = static_batch is not None
+    if tflite:  # the TFLite converter (builtins only) lowers no TensorList read
+        read = lambda t: x_proj[t]
+    else:  # a TensorArray read is one op per step; x_proj[t] is four (two Packs, an add, the slice)
+        inputs = tf.TensorArray(x_proj.dtype, size=steps, element_shape=tf.TensorShape(
+            [None, x_proj.shape[-1]])).unstack(x_proj)
+        read = inputs.read if project_step is None else (lambda t: project_step(inputs.read(t)))
+
+    def step(t, h, c, outputs):
+        h_new, c_new = cell_step(spec, read(t), h, c, w["recurrent_kernel"],
+                                  w.get("recurrent_bias"), w.get("projection"))
+        if lengths is None:
+            return t + 1, h_new, c_new, outputs.write(t, h_new)
+        # Past its length an example keeps its state and outputs zeros (cuDNN padding_fill 0).
+        valid = tf.expand_dims(t < lengths, 1)
+        y = tf.where(valid, h_new, tf.zeros_like(h_new))
+        return t + 1, tf.where(valid, h_new, h), tf.where(valid, c_new, c), outputs.write(t, y)
+
+    def unrolled(*state):
+        for _ in range(UNROLL):
+            state = step(*state)
+        return state
+
+    state = (tf.constant(0), h0, c0, outputs)
+    if tflite:  # one plain loop, as the TFLite converter is known to take it
+        _, h_n, c_n, outputs = tf.while_loop(lambda t, *_: t < steps, step, state, maximum_iterations=steps)
+    else:
+        # All whole blocks of UNROLL steps, then the T % UNROLL steps left one at a time.
+        # No maximum_iterations: it adds two ops per iteration, and nothing here needs it.
+        blocks_end = steps - steps % UNROLL
+        state = tf.while_loop(lambda t, *_: t < blocks_end, unrolled, state,
+                              parallel_iterations=PARALLEL_ITERATIONS)
+        _, h_n, c_n, outputs = tf.while_loop(lambda t, *_: t < steps, step, state,
+                                             parallel_iterations=PARALLEL_ITERATIONS)
+    # An empty TensorArray cannot stack without a fully static element shape (batch is
+    # dynamic), so zero time steps take the other branch.
+    y = (outputs.stack() if static_batch is not None  # static element shape: stacks even when empty
+         else tf.cond(steps > 0, outputs.stack,
+                      lambda: tf.zeros([0, tf.shape(h0)[0], spec.hidden_size], x_proj.dtype)))
+    if reverse:
+        y = tf.reverse(y, [0]) if lengths is None else tf.reverse_sequence(y, lengths, seq_axis=0, batch_axis=1)
+    return y, h_n, c_n
+
+
+def project_all(spec, flat_in, w, steps, batch):
+    """The input part of every gate for all steps at once: [T*B, in] -> x_proj [T, B, G*H]."""
+    return tf.reshape(project_rows(spec, flat_in, w), [steps, batch, spec.gates * spec.num_units])
+
+
+def project_rows(spec, rows, w):
+    """The input part of every gate, biases added: [N, in] -> [N, G*H]."""
+    if "kernel" in w:  # [in, G*H]
+        proj = tf.matmul(rows, w["kernel"])
+    else:  # skip_input: the input enters every gate unprojected
+        proj = tf.tile(rows, [1, spec.gates])
+    return proj + w.get("bias", w.get("input_bias"))
+
+
+# From this batch size on, the While loop multiplies each step's input by the kernel inside
+# the loop instead of all steps in one MatMul first. Those products do not depend on the
+# recurrent state, so the executor runs them ahead (the loop's parallel_iterations) on the
+# second core while the recurrent chain runs, as Keras's own loop does. Measured against the
+# one-MatMul loop in the same process (GRU unless named; median of 11 interleaved rounds):
+# 1 x 100, 64 -> 128: 1.08 (slower); 4 x 300, 40 -> 320: 1.01; 4 x 120, 128 -> 512: 0.94;
+# 8 x 100, 128 -> 256: 0.89; 16 x 80, 96 -> 192: 0.79 (LSTM 0.87); 32 x 100, 128 -> 256:
+# 0.81 (LSTM 0.96); 32 x 80, 64 -> 512: 0.92.
+IN_LOOP_MIN_BATCH = 4
+
+
+def loop_direction(spec, x, project, h0, c0, w, lengths, reverse):
+    """A pseudo-layer as a While loop, its input part computed per call (one MatMul for all
+    steps, below IN_LOOP_MIN_BATCH examples) or per step (from it on). x: [T, B, in]."""
+    at_once = lambda: run_direction(spec, project(), h0, c0, w, lengths, reverse)
+    return tf.cond(tf.shape(x)[1] >= IN_LOOP_MIN_BATCH,
+                   lambda: loop_per_step(spec, x, project, h0, c0, w, lengths, reverse), at_once)
+
+
+def loop_per_step(spec, x, project, h0, c0, w, lengths, reverse):
+    """The While loop with each step's input part computed inside it. x: [T, B, in]; project:
+    unused (each step is projected inside the loop), taken to be a direction of
+    `graphfix.targets.cpu`'s layers."""
+    return run_direction(spec, x, h0, c0, w, lengths, reverse,
+                         project_step=lambda rows: project_rows(spec, rows, w))
