@@ -37,12 +37,17 @@ from graphfix.cudnn.weights import graph_weights_from_buffer  # noqa: E402
 from graphfix.targets import cpu, cpu_loop  # noqa: E402
 
 # variant -> the switches it runs under: (module, name) -> value
-WHOLE = {(cpu, "SPLIT_MIN_BATCH"): 10**9}  # the whole batch in one computation
+NO_SPLIT = {(cpu_loop, "SPLIT_PRODUCT_MIN_BYTES"): 10**15}  # one recurrent MatMul a step
+WHOLE = {**NO_SPLIT, (cpu, "SPLIT_MIN_BATCH"): 10**9}  # the whole batch in one computation
 VARIANTS = {
     "block": {**WHOLE, (cpu, "BLOCK_LSTM"): True, (cpu, "BLOCK_LSTM_MAX_BATCH"): 10**9},
     "loop_per_step": {**WHOLE, (cpu, "BLOCK_LSTM"): False, (cpu_loop, "IN_LOOP_MIN_BATCH"): 1},
     "loop_one_matmul": {**WHOLE, (cpu, "BLOCK_LSTM"): False, (cpu_loop, "IN_LOOP_MIN_BATCH"): 10**9},
-    "halves": {(cpu, "SPLIT_MIN_BATCH"): 2},  # two halves of the batch side by side, each a per-step loop
+    "halves": {**NO_SPLIT, (cpu, "SPLIT_MIN_BATCH"): 2},  # two halves of the batch side by side, each a per-step loop
+    # the recurrent product as two column halves (per-step loop, from IN_LOOP_MIN_BATCH on)
+    "split": {(cpu_loop, "SPLIT_PRODUCT_MIN_BYTES"): 1},
+    "no_split": NO_SPLIT,  # the CPU target's choices, the recurrent product never split
+    "default": {},  # what the CPU target chooses
 }
 DEFAULT_CASES = ["1,100,64,128", "4,120,128,512", "16,80,96,192", "32,100,128,256"]
 
@@ -101,7 +106,7 @@ def main() -> None:
                                            "(default: all for LSTM; for GRU all but block)")
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
-    default = list(VARIANTS) if args.kind == "lstm" else ["loop_per_step", "loop_one_matmul", "halves"]
+    default = list(VARIANTS) if args.kind == "lstm" else [v for v in VARIANTS if v != "block"]
     variants = args.variants.split(",") if args.variants else default
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

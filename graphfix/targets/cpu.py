@@ -9,16 +9,20 @@ same output.
 The RNN function (one per cuDNN node)::
 
     x [T,B,I] or [B,T,I] --transpose--> [T,B,I]
-    unidirectional, no other op beside it (call_for), B >= SPLIT_MIN_BATCH:   # one test per call
+    split: unidirectional, no other op beside it (call_for), and the recurrent kernel
+           [Hh, G*H] of 768 KB to 1.5 MB (cpu_loop.splits_product)   # fixed when traced
+    unidirectional, no other op beside it, not split, B >= SPLIT_MIN_BATCH:   # one test per call
       all that follows on each half of the batch, side by side (the loop only), concatenated
     otherwise, on the whole batch:
       for each layer, for each direction:
-        LSTM (float, no projection) and batch <= BLOCK_LSTM_MAX_BATCH:   # one test per call
+        LSTM (float, no projection) and batch <= BLOCK_LSTM_MAX_BATCH   # one test per call
+        (split: batch < IN_LOOP_MIN_BATCH):
             BlockLSTMV2 over the whole sequence (block_lstm.py; masked after, if lengths are short)
         otherwise:
             batch < IN_LOOP_MIN_BATCH:                  # one test per call
                 x_proj = reshape(x) @ kernel + bias     # one MatMul for all steps, outside the loop
-            else: x_proj[t] = x[t] @ kernel + bias, inside the loop (run ahead on the other core)
+            else: x_proj[t] = x[t] @ kernel + bias, inside the loop (run ahead on the other core);
+                  split: h @ recurrent_kernel as two column halves, side by side, concatenated
             if every length >= T (or no lengths):      # one test per call
                 (backward: reverse time)
                 While: 4 steps per iteration, then T % 4 single steps:
@@ -36,6 +40,7 @@ Float16 and bfloat16 are computed in float32 and cast back (cuDNN accumulates in
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import tensorflow as tf
 
@@ -71,8 +76,10 @@ class RnnCall:
     # the `fused_direction` given to trace_rnn (a function the TFLite converter fuses).
     static_batch: int | None = None
     fused_lstm: bool = False
-    # CPU target: from SPLIT_MIN_BATCH examples on, run two halves of the batch side by side
-    # (unidirectional ops that no other forward op runs beside; see call_for).
+    # CPU target: the op has both cores to itself (unidirectional, no other forward op beside
+    # it; see call_for). From SPLIT_MIN_BATCH examples on it runs two halves of the batch side
+    # by side, or, when its recurrent kernel is of a size to split (cpu_loop.splits_product),
+    # two column halves of every recurrent product instead.
     batch_halves: bool = False
 
 
@@ -92,15 +99,17 @@ def unpack_params_tensor(params: tf.Tensor, spec: RnnSpec, gate_order: str = gat
     return graph_weights(lambda offset, size: tf.slice(params, [offset], [size]), spec, _TfOps, gate_order)
 
 
-def _block_or_loop(spec, x, project, h0, c0, w, lengths, reverse):
-    """An LSTM pseudo-layer: BlockLSTMV2 up to BLOCK_LSTM_MAX_BATCH examples, else the While
-    loop (masked only when some length is short). x: [T, B, I]; project() -> x_proj, built in
-    the loop's branch only."""
+def _block_or_loop(spec, x, project, h0, c0, w, lengths, reverse, split_product=False):
+    """An LSTM pseudo-layer: BlockLSTMV2 up to BLOCK_LSTM_MAX_BATCH examples (with
+    split_product: below IN_LOOP_MIN_BATCH), else the While loop (masked only when some length
+    is short). x: [T, B, I]; project() -> x_proj, built in the loop's branch only."""
     # Above a few examples the loop's one MatMul over all steps for the input part wins
-    # (BlockLSTMV2 multiplies [x_t, h] step by step); see docs/performance.md.
-    small = tf.shape(x)[1] <= BLOCK_LSTM_MAX_BATCH
-    # The loop runs only above BLOCK_LSTM_MAX_BATCH (>= IN_LOOP_MIN_BATCH): input part per step.
-    loop = lambda: cpu_loop.loop_per_step(spec, x, project, h0, c0, w, lengths, reverse)
+    # (BlockLSTMV2 multiplies [x_t, h] step by step); see docs/performance.md. With its
+    # recurrent product split over the two cores the loop wins from IN_LOOP_MIN_BATCH on.
+    batch = tf.shape(x)[1]
+    small = batch < cpu_loop.IN_LOOP_MIN_BATCH if split_product else batch <= BLOCK_LSTM_MAX_BATCH
+    # The loop runs only from IN_LOOP_MIN_BATCH on: input part per step.
+    loop = lambda: cpu_loop.loop_per_step(spec, x, project, h0, c0, w, lengths, reverse, split_product)
     if lengths is None:
         return tf.cond(small, lambda: block_lstm.block_direction(spec, x, h0, c0, w, reverse), loop)
     full = tf.reduce_all(lengths >= tf.shape(x)[0])
@@ -141,18 +150,24 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values, fused
         lengths = tf.minimum(tf.cast(sequence_lengths, tf.int32), steps)
 
     # Each layer/direction's computation (see _layers): (spec, x, project, h0, c0, w, lengths, reverse).
+    split = False
     if call.fused_lstm:
         direction = lambda spec, x, project, h0, c0, w, lengths, reverse: fused_direction(
             spec, call.static_batch, x, h0, c0, w, reverse)
     elif call.static_batch is not None:  # TFLite: one plain loop, as its converter is known to take it
         direction = lambda spec, x, project, h0, c0, w, lengths, reverse: cpu_loop.run_direction(
             spec, project(), h0, c0, w, lengths, reverse, static_batch=call.static_batch)
-    elif BLOCK_LSTM and block_lstm.applies(spec, compute):  # BlockLSTMV2 (block_lstm.py)
-        direction = _block_or_loop
     else:
-        direction = cpu_loop.loop_direction
+        # An op with both cores to itself (call_for) multiplies a large recurrent kernel as two
+        # column halves side by side (cpu_loop.SPLIT_PRODUCT_MIN_BYTES), and then needs no
+        # batch halves.
+        split = call.batch_halves and cpu_loop.splits_product(spec, compute)
+        if BLOCK_LSTM and block_lstm.applies(spec, compute):  # BlockLSTMV2 (block_lstm.py)
+            direction = functools.partial(_block_or_loop, split_product=split)
+        else:
+            direction = functools.partial(cpu_loop.loop_direction, split_product=split)
     layers = lambda x, h0, c0, lengths, direction: _layers(call, by_layer, x, h0, c0, lengths, direction)
-    if call.batch_halves and call.static_batch is None and not call.fused_lstm:
+    if call.batch_halves and call.static_batch is None and not call.fused_lstm and not split:
         output, output_h, output_c = tf.cond(
             batch >= SPLIT_MIN_BATCH, lambda: _batch_halves(layers, x, h0, c0, lengths, batch),
             lambda: layers(x, h0, c0, lengths, direction))

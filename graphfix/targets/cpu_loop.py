@@ -27,7 +27,10 @@ def cell_step(spec: RnnSpec, x_t, h, c, recurrent_kernel, recurrent_bias, projec
     both products into three equal parts (Split) and takes two sigmoids: measured 2-5%
     faster at batch 1-32 than one sigmoid over z and r after two unequal SplitVs.
     """
-    rec = tf.matmul(h, recurrent_kernel)
+    if isinstance(recurrent_kernel, tuple):  # column parts (see SPLIT_PRODUCT_MIN_BYTES)
+        rec = tf.concat([tf.matmul(h, part) for part in recurrent_kernel], axis=1)
+    else:
+        rec = tf.matmul(h, recurrent_kernel)
     if spec.mode == "lstm":
         i, f, g, o = tf.split(x_t + rec, 4, axis=1)
         c_new = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
@@ -157,17 +160,46 @@ def project_rows(spec, rows, w):
 IN_LOOP_MIN_BATCH = 4
 
 
-def loop_direction(spec, x, project, h0, c0, w, lengths, reverse):
+def loop_direction(spec, x, project, h0, c0, w, lengths, reverse, split_product=False):
     """A pseudo-layer as a While loop, its input part computed per call (one MatMul for all
-    steps, below IN_LOOP_MIN_BATCH examples) or per step (from it on). x: [T, B, in]."""
+    steps, below IN_LOOP_MIN_BATCH examples) or per step (from it on, with the recurrent
+    product in two column parts when `split_product`). x: [T, B, in]."""
     at_once = lambda: run_direction(spec, project(), h0, c0, w, lengths, reverse)
     return tf.cond(tf.shape(x)[1] >= IN_LOOP_MIN_BATCH,
-                   lambda: loop_per_step(spec, x, project, h0, c0, w, lengths, reverse), at_once)
+                   lambda: loop_per_step(spec, x, project, h0, c0, w, lengths, reverse, split_product),
+                   at_once)
 
 
-def loop_per_step(spec, x, project, h0, c0, w, lengths, reverse):
+def loop_per_step(spec, x, project, h0, c0, w, lengths, reverse, split_product=False):
     """The While loop with each step's input part computed inside it. x: [T, B, in]; project:
     unused (each step is projected inside the loop), taken to be a direction of
-    `graphfix.targets.cpu`'s layers."""
+    `graphfix.targets.cpu`'s layers. split_product: see SPLIT_PRODUCT_MIN_BYTES."""
+    if split_product:  # once per call, outside the loop: the parts stay the same every step
+        kernel = w["recurrent_kernel"]
+        half = kernel.shape[1] // 2
+        w = {**w, "recurrent_kernel": (kernel[:, :half], kernel[:, half:])}
     return run_direction(spec, x, h0, c0, w, lengths, reverse,
                          project_step=lambda rows: project_rows(spec, rows, w))
+
+
+# A recurrent kernel of this many bytes (from MIN to MAX) is multiplied as two column halves:
+# two MatMuls that the executor runs on the two cores at once, each half staying in its
+# core's L2 cache from step to step (1 MB a core on the machine measured). One oneDNN MatMul
+# over such a kernel ran 2-3x slower. A loop of 100 products h [B, H] @ [H, G*H], median of 7
+# rounds, halves against one: LSTM (G 4) B 4-32, H 256-320: 0.32-0.44; GRU (G 3) H 256:
+# 0.58-0.84, H 320: 0.32-0.41. A whole layer (scripts/bench_choices.py, against the choices
+# made without it): LSTM 4 x 150, 64 -> 256: 0.52; 8 x 100: 0.53; 16 x 80, 128 -> 256: 0.60;
+# 32 x 100: 0.58; 4 x 300, 40 -> 320: 1.00 (BlockLSTMV2 before); GRU 4 x 300, 40 -> 320: 0.29;
+# 12 x 100, 64 -> 320: 0.43; 16 x 80, 128 -> 256: 0.91; 32 x 100: 0.93. Below MIN halves cost
+# more (LSTM H 192, B 4: 1.04; GRU H 192: 0.83-1.25; H 128: up to 1.27), as they do at batch
+# 1-3 (GRU H 256, B 1: 1.12), where the loop keeps one product (loop_direction's at-once
+# branch). Above MAX each half is over L2 again: LSTM 4 x 120, 128 -> 512 took 1.5x
+# BlockLSTMV2's time, 32 x 80, 64 -> 512 1.26x the batch halves'; GRU H 512: level.
+SPLIT_PRODUCT_MIN_BYTES = 768 * 1024
+SPLIT_PRODUCT_MAX_BYTES = 1536 * 1024
+
+
+def splits_product(spec: RnnSpec, dtype: tf.DType) -> bool:
+    """Whether the recurrent kernel [Hh, G*H] of `dtype` is of a size to split in two."""
+    size = spec.hidden_size * spec.gates * spec.num_units * dtype.size
+    return SPLIT_PRODUCT_MIN_BYTES <= size <= SPLIT_PRODUCT_MAX_BYTES

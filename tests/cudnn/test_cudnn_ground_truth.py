@@ -33,8 +33,11 @@ import pathlib
 
 import numpy as np
 import pytest
+from builders.raw_graphs import build, run_graph_def
 
+import graphfix
 from graphfix.cudnn import layout, reference
+from graphfix.graph.bodies import find_cudnn_nodes
 
 DATA = pathlib.Path(__file__).parent / "data"
 PROBE = json.loads((DATA / "cudnn_probe.json").read_text())
@@ -164,10 +167,6 @@ def test_reference_on_the_unpacked_buffer_gives_cudnns_numbers(name):
 @pytest.mark.parametrize("name", sorted(RECORDINGS))
 def test_converted_cudnn_rnn_v3_gives_cudnns_numbers(name):
     """The recorded buffer as a CudnnRNNV3 op's constant params, converted, run by TF on CPU."""
-    import graphfix
-    from builders.raw_graphs import build, run_graph_def
-    from graphfix.graph.bodies import find_cudnn_nodes
-
     spec, v, lengths, expected, _ = RECORDINGS[name]
     case = build(spec, values=v, lengths=lengths)
     converted, _ = graphfix.convert_graph_def(case.graph_def)
@@ -189,7 +188,6 @@ def test_onnx_target_gives_cudnns_numbers(name, tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip install \"graphfix[onnx]\"")
     import onnx
     import onnxruntime as ort
-    from builders.raw_graphs import build
     from graphfix.targets import onnx as onnx_target
     from graphfix.targets.onnx import plan
 
