@@ -5,7 +5,8 @@
 
     x [T, B, in]
     batch < IN_LOOP_MIN_BATCH: x_proj = x @ kernel + bias for all steps (one MatMul), then the loop
-    else:                      x_proj[t] = x[t] @ kernel + bias inside the loop (run ahead on the other core)
+    else:                      x_proj[t] = x[t] @ kernel + bias inside the loop (run ahead on the other core),
+                               and, when split_product, h @ recurrent_kernel as two column halves
     every length >= T (or none):  While: UNROLL steps per iteration, then T % UNROLL single steps:
                                       gates = x_proj[t] + h @ recurrent_kernel; cell update
     else:                          the same loops, masked past each example's length
