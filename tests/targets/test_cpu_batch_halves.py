@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from builders import keras_graphs
+from builders.converted_functions import comparisons_with
 from builders.raw_graphs import build, run_graph_def
-from tensorflow.python.framework import tensor_util
 
 import graphfix
 from graphfix.cudnn import layout, reference
@@ -31,16 +31,7 @@ BATCHES = [cpu.SPLIT_MIN_BATCH - 1, cpu.SPLIT_MIN_BATCH + 1]
 
 def _batch_tests(converted) -> int:
     """How many `batch >= SPLIT_MIN_BATCH` tests the converted graph's functions hold."""
-    count = 0
-    for fdef in converted.library.function:
-        consts = {n.name: n for n in fdef.node_def if n.op == "Const"}
-        for node in fdef.node_def:
-            if node.op != "GreaterEqual":
-                continue
-            right = consts.get(node.input[1].split(":")[0])
-            if right is not None and tensor_util.MakeNdarray(right.attr["value"].tensor) == cpu.SPLIT_MIN_BATCH:
-                count += 1
-    return count
+    return comparisons_with(converted, "GreaterEqual", cpu.SPLIT_MIN_BATCH)
 
 
 @pytest.mark.parametrize("batch", BATCHES)

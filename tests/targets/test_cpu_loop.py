@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from builders import keras_graphs
+from builders.converted_functions import matmuls_per_function
 from builders.raw_graphs import build, run_graph_def
 
 import graphfix
@@ -41,7 +42,7 @@ def test_loop_matches_reference_on_both_sides(spec, lengths, batch):
     assert find_cudnn_nodes(converted) == []
     if spec.input_mode != "skip_input":  # both loops are in the graph; the per-step one multiplies x_t too
         per_step = (2 + bool(spec.num_proj)) * cpu_loop.UNROLL  # x_t, h (and the projection) per unrolled step
-        counts = {sum(n.op == "MatMul" for n in f.node_def) for f in converted.library.function}
+        counts = set(matmuls_per_function(converted))
         assert per_step in counts and per_step - cpu_loop.UNROLL in counts, counts
     got = run_graph_def(converted, case.feeds, case.fetches)
     weights = layout.unpack(case.buffer.astype(np.float64), spec)

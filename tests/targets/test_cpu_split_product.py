@@ -13,6 +13,7 @@ exists for kernels of 768 KB and more), and Keras 3's own CPU layers.
 import numpy as np
 import pytest
 from builders import keras_graphs
+from builders.converted_functions import comparisons_with, matmuls_per_function
 from builders.raw_graphs import build, run_graph_def
 
 import graphfix
@@ -28,7 +29,7 @@ def _split_loops(converted, spec) -> int:
     """How many While bodies multiply by a split kernel: per unrolled step the input part,
     two halves (and the projection) are (3 + P) MatMuls; unsplit, (2 + P)."""
     per_step = (3 + bool(spec.num_proj)) * cpu_loop.UNROLL
-    return sum(sum(n.op == "MatMul" for n in f.node_def) == per_step for f in converted.library.function)
+    return matmuls_per_function(converted).count(per_step)
 
 
 def _kernel_bytes(spec) -> int:
@@ -84,23 +85,8 @@ def test_split_product_matches_reference(spec, batch):
     # masked, each as the unrolled and the remainder loop: 4 per layer. Only the split ones
     # hold no batch-halves test.
     assert _split_loops(converted, spec) == 2 * spec.num_layers
-    assert "GreaterEqual" not in _ops_comparing_to(converted, cpu.SPLIT_MIN_BATCH)
+    assert comparisons_with(converted, "GreaterEqual", cpu.SPLIT_MIN_BATCH) == 0
     _check(spec, case, converted)
-
-
-def _ops_comparing_to(converted, value) -> set:
-    """Op types in the converted functions that read a scalar Const equal to `value`."""
-    from tensorflow.python.framework import tensor_util
-    ops = set()
-    for fdef in converted.library.function:
-        consts = {n.name: n for n in fdef.node_def if n.op == "Const"}
-        for node in fdef.node_def:
-            for name in node.input:
-                const = consts.get(name.split(":")[0])
-                if const is not None and const.attr["value"].tensor.tensor_shape.dim == []:
-                    if tensor_util.MakeNdarray(const.attr["value"].tensor) == value:
-                        ops.add(node.op)
-    return ops
 
 
 @pytest.mark.parametrize("spec,why", [
