@@ -70,7 +70,7 @@ def run_direction(spec, x_proj, h0, c0, w, lengths, reverse, static_batch=None, 
 
     project_step: None when x_proj is the input part of every gate already; else x_proj is
     the layer's input x [T, B, in] and project_step(x_t [B, in]) -> [B, G*H] runs inside the
-    loop, step by step (see `_loop`).
+    loop, step by step (see `loop_per_step`).
     Returns (y [T, B, Hh], h_n [B, Hh], c_n [B, H]). static_batch: B when fixed (TFLite).
     """
     if lengths is None or static_batch is not None:
@@ -190,12 +190,13 @@ def loop_per_step(spec, x, project, h0, c0, w, lengths, reverse, split_product=F
 # rounds, halves against one: LSTM (G 4) B 4-32, H 256-320: 0.32-0.44; GRU (G 3) H 256:
 # 0.58-0.84, H 320: 0.32-0.41. A whole layer (scripts/bench_choices.py, against the choices
 # made without it): LSTM 4 x 150, 64 -> 256: 0.52; 8 x 100: 0.53; 16 x 80, 128 -> 256: 0.60;
-# 32 x 100: 0.58; 4 x 300, 40 -> 320: 1.00 (BlockLSTMV2 before); GRU 4 x 300, 40 -> 320: 0.29;
-# 12 x 100, 64 -> 320: 0.43; 16 x 80, 128 -> 256: 0.91; 32 x 100: 0.93. Below MIN halves cost
-# more (LSTM H 192, B 4: 1.04; GRU H 192: 0.83-1.25; H 128: up to 1.27), as they do at batch
-# 1-3 (GRU H 256, B 1: 1.12), where the loop keeps one product (loop_direction's at-once
-# branch). Above MAX each half is over L2 again: LSTM 4 x 120, 128 -> 512 took 1.5x
-# BlockLSTMV2's time, 32 x 80, 64 -> 512 1.26x the batch halves'; GRU H 512: level.
+# 32 x 100: 0.58; GRU 4 x 300, 40 -> 320: 0.29; 12 x 100, 64 -> 320: 0.43; 16 x 80,
+# 128 -> 256: 0.91; 32 x 100: 0.93. Below MIN halves cost more (LSTM H 192, B 4: 1.04; GRU
+# H 192: 0.83-1.25; H 128: up to 1.27), as they do at batch 1-3 (GRU H 256, B 1: 1.12), where
+# the loop keeps one product (loop_direction's at-once branch). Above MAX each half nears or
+# passes L2: LSTM 4 x 300, 40 -> 320 (1.6 MB) level with BlockLSTMV2; 24 x 60, 32 -> 352
+# (2 MB) 1.18x the batch halves' time; 4 x 120, 128 -> 512 (4 MB) 1.5x BlockLSTMV2's, 32 x 80,
+# 64 -> 512 1.26x the batch halves'; GRU H 512: level.
 SPLIT_PRODUCT_MIN_BYTES = 768 * 1024
 SPLIT_PRODUCT_MAX_BYTES = 1536 * 1024
 
