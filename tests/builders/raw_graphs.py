@@ -48,17 +48,18 @@ def build(spec: layout.RnnSpec, op="CudnnRNNV3", dtype=np.float32, time_major=Tr
     num_proj = spec.num_proj if num_proj is None else num_proj
     rng = np.random.default_rng(seed)
     n = layout.params_size(spec)
-    if values is not None:
-        dtype = values["buffer"].dtype
-        steps, batch = values["x"].shape[:2]
-    buf = (rng.standard_normal(n) * 0.4).astype(dtype)
     LD = spec.num_layers * spec.num_dirs
-    x = rng.standard_normal((steps, batch, spec.input_size)).astype(dtype)
-    h0 = (rng.standard_normal((LD, batch, spec.hidden_size)) * 0.5).astype(dtype)
-    c0 = (rng.standard_normal((LD, batch, spec.num_units)) * 0.5).astype(dtype)
-    if values is not None:
+    if values is None:
+        buf = (rng.standard_normal(n) * 0.4).astype(dtype)
+        x = rng.standard_normal((steps, batch, spec.input_size)).astype(dtype)
+        h0 = (rng.standard_normal((LD, batch, spec.hidden_size)) * 0.5).astype(dtype)
+        c0 = (rng.standard_normal((LD, batch, spec.num_units)) * 0.5).astype(dtype)
+    else:
         buf, x, h0 = values["buffer"], values["x"], values["h0"]
-        c0 = values.get("c0", c0)
+        dtype = buf.dtype
+        steps, batch = x.shape[:2]
+        # Only an LSTM reads input_c; the others are fed zeros.
+        c0 = values.get("c0", np.zeros((LD, batch, spec.num_units), dtype))
     tf_dtype = tf.as_dtype(dtype)
     feeds = {}
     graph = tf.Graph()
