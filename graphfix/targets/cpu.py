@@ -10,8 +10,9 @@ The RNN function (one per cuDNN node)::
 
     x [T,B,I] or [B,T,I] --transpose--> [T,B,I]
     split: unidirectional, no other op beside it (call_for), and the recurrent kernel
-           [Hh, G*H] of 768 KB to 1.5 MB (cpu_loop.splits_product)   # fixed when traced
-    unidirectional, no other op beside it, not split, B >= SPLIT_MIN_BATCH:   # one test per call
+           [Hh, G*H] of 768 KB to 1.5 MB (cpu_loop.splits_product)   # fixed when traced;
+           a GRU's above 1.5 MB: split below SPLIT_MIN_BATCH only (splits_large_gru_product)
+    unidirectional, nothing beside it, not always split, B >= SPLIT_MIN_BATCH:   # one test per call
       all that follows on each half of the batch, side by side (the loop only), concatenated
     otherwise, on the whole batch:
       for each layer, for each direction:
@@ -160,12 +161,13 @@ def rnn_forward(call: RnnCall, x, h0, c0, sequence_lengths, weight_values, fused
     else:
         # An op with both cores to itself (call_for) multiplies a large recurrent kernel as two
         # column halves side by side (cpu_loop.SPLIT_PRODUCT_MIN_BYTES), and then needs no
-        # batch halves.
+        # batch halves. A GRU's larger kernel is split below the batch halves' range only.
         split = call.batch_halves and cpu_loop.splits_product(spec, compute)
         if BLOCK_LSTM and block_lstm.applies(spec, compute):  # BlockLSTMV2 (block_lstm.py)
             direction = functools.partial(_block_or_loop, split_product=split)
         else:
-            direction = functools.partial(cpu_loop.loop_direction, split_product=split)
+            split_below_halves = call.batch_halves and cpu_loop.splits_large_gru_product(spec, compute)
+            direction = functools.partial(cpu_loop.loop_direction, split_product=split or split_below_halves)
     layers = lambda x, h0, c0, lengths, direction: _layers(call, by_layer, x, h0, c0, lengths, direction)
     if call.batch_halves and call.static_batch is None and not call.fused_lstm and not split:
         output, output_h, output_c = tf.cond(

@@ -201,7 +201,25 @@ SPLIT_PRODUCT_MIN_BYTES = 768 * 1024
 SPLIT_PRODUCT_MAX_BYTES = 1536 * 1024
 
 
+def _kernel_bytes(spec: RnnSpec, dtype: tf.DType) -> int:
+    return spec.hidden_size * spec.gates * spec.num_units * dtype.size
+
+
 def splits_product(spec: RnnSpec, dtype: tf.DType) -> bool:
     """Whether the recurrent kernel [Hh, G*H] of `dtype` is of a size to split in two."""
-    size = spec.hidden_size * spec.gates * spec.num_units * dtype.size
-    return SPLIT_PRODUCT_MIN_BYTES <= size <= SPLIT_PRODUCT_MAX_BYTES
+    return SPLIT_PRODUCT_MIN_BYTES <= _kernel_bytes(spec, dtype) <= SPLIT_PRODUCT_MAX_BYTES
+
+
+# Above SPLIT_PRODUCT_MAX_BYTES a GRU's split still beats its one product at the batches the
+# batch halves do not take (IN_LOOP_MIN_BATCH to cpu.SPLIT_MIN_BATCH - 1), the GRU having no
+# BlockLSTMV2 to fall back on. scripts/bench_choices.py, split / one product, median (IQR) of
+# 9-11 interleaved rounds: 4 x 150, 64 -> 384 (1.7 MB): 0.32 (0.28-0.33); 5 x 100, 32 -> 416:
+# 0.80; 4 x 100, 64 -> 448: 0.81; 6 x 80, 96 -> 480: 0.86; 4 x 120, 128 -> 512 (3 MB): 0.84
+# (0.82-0.91), 0.87 another run; 10 x 80, 96 -> 512: 0.89; 8 x 100, 128 -> 512: 0.96;
+# 7 x 90, 48 -> 544: 0.99 (0.88-1.04); 4 x 80, 64 -> 640: 0.89; 8 x 80: 0.91; 4 x 60, 64 -> 768
+# (7 MB): 0.89. Not an LSTM's loop (projected or float64 layers): 4 x 120, 128 -> 512: 1.14;
+# 6 x 80, 64 -> 448: 1.02; 8 x 80, 64 -> 640: 1.08. From SPLIT_MIN_BATCH on the batch halves
+# beat it (GRU 32 x 80, 64 -> 512: split 1.21x the halves' time; 12 x 60: 0.98).
+def splits_large_gru_product(spec: RnnSpec, dtype: tf.DType) -> bool:
+    """Whether a GRU's recurrent kernel is above SPLIT_PRODUCT_MAX_BYTES (split below the batch halves' range)."""
+    return spec.mode == "gru" and _kernel_bytes(spec, dtype) > SPLIT_PRODUCT_MAX_BYTES

@@ -4,6 +4,8 @@
     with both cores to itself (unidirectional, nothing beside it), B >= IN_LOOP_MIN_BATCH:
         per step: h @ kernel[:, :G*H/2] and h @ kernel[:, G*H/2:], side by side, concatenated
         (LSTM: the While loop instead of BlockLSTMV2; no batch halves from SPLIT_MIN_BATCH on)
+    a GRU's kernel above SPLIT_PRODUCT_MAX_BYTES: the same split, below SPLIT_MIN_BATCH only
+        (the batch halves from it on, as before)
     otherwise: one product, as before
 
 Oracles: the numpy reference of cuDNN on raw CudnnRNNV3 graphs (real sizes: the split only
@@ -12,6 +14,7 @@ exists for kernels of 768 KB and more), and Keras 3's own CPU layers.
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from builders import keras_graphs
 from builders.converted_functions import comparisons_with, matmuls_per_function
 from builders.raw_graphs import build, run_graph_def
@@ -91,13 +94,35 @@ def test_split_product_matches_reference(spec, batch):
 
 @pytest.mark.parametrize("spec,why", [
     (layout.RnnSpec("lstm", 1, 192, 8), "576 KB: below the lower bound"),
-    (layout.RnnSpec("gru", 1, 512, 8), "3 MB: above the upper bound"),
+    (layout.RnnSpec("lstm", 1, 448, 8), "3 MB: above the upper bound (an LSTM's loop is not split there)"),
     (layout.RnnSpec("lstm", 1, 256, 8, 2), "bidirectional: the other direction takes the second core"),
 ], ids=["small", "large", "bidirectional"])
 def test_no_split_outside_its_range(spec, why):
     case = _case(spec, cpu.SPLIT_MIN_BATCH + 1, 4, seed=7)
     converted, _ = graphfix.convert_graph_def(case.graph_def)
     assert _split_loops(converted, spec) == 0, why
+    _check(spec, case, converted)
+
+
+LARGE_GRU_SPECS = [
+    layout.RnnSpec("gru", 1, 512, 8),   # 3 MB
+    layout.RnnSpec("gru", 2, 448, 8),   # 2.3 MB, a second layer reading 448
+]
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("spec", LARGE_GRU_SPECS, ids=lambda s: f"{s.num_layers}x{s.num_units}")
+def test_large_gru_kernel_split_below_the_batch_halves(spec, batch):
+    """Above SPLIT_PRODUCT_MAX_BYTES a GRU splits only where no batch halves run: the function
+    holds both the split loops and the halves' test, and each batch gets the reference's numbers."""
+    assert cpu_loop.splits_large_gru_product(spec, tf.float32)
+    assert _kernel_bytes(spec) > cpu_loop.SPLIT_PRODUCT_MAX_BYTES
+    steps = 5
+    lens = None if batch < cpu_loop.IN_LOOP_MIN_BATCH else np.array([steps, 0, 3] + [steps - 1] * (batch - 3))
+    case = _case(spec, batch, steps, lens, time_major=batch != BATCHES[-1], seed=batch + spec.num_units)
+    converted, _ = graphfix.convert_graph_def(case.graph_def)
+    assert _split_loops(converted, spec) == 2 * spec.num_layers
+    assert comparisons_with(converted, "GreaterEqual", cpu.SPLIT_MIN_BATCH) == 1
     _check(spec, case, converted)
 
 
@@ -125,13 +150,18 @@ def _keras_case(kind: str, units: int, batch: int) -> keras_graphs.FrozenCase:
                                      build_model=model, values=values, padded_zero=lambda _: {0: pad})
 
 
-@pytest.mark.parametrize("kind,units,batch", [("lstm", 256, 6), ("gru", 288, cpu.SPLIT_MIN_BATCH + 1)])
-def test_split_product_matches_keras(kind, units, batch):
+# The Keras cases' weights are uniform in +-0.6 at every size (keras_graphs._uniform), so a
+# GRU(512)'s pre-activations sum 500 terms of that size: the two sides' float32 sums (in
+# different orders) differ by 1.19e-5 there, the same with the split as without it (measured).
+@pytest.mark.parametrize("kind,units,batch,atol", [("lstm", 256, 6, TOL), ("gru", 288, cpu.SPLIT_MIN_BATCH + 1, TOL),
+                                                    ("gru", 512, 6, 3 * TOL)], ids=["lstm", "gru", "large-gru"])
+def test_split_product_matches_keras(kind, units, batch, atol):
     """Keras 3's CPU layers hold the same weights (an LSTM at a batch BlockLSTMV2 took before;
-    a GRU at a batch that took the batch halves before)."""
+    a GRU at a batch that took the batch halves before; a GRU above 1.5 MB at a batch that
+    took one product before)."""
     case = _keras_case(kind, units, batch)
     converted, _ = graphfix.convert_graph_def(case.graph_def)
     assert find_cudnn_nodes(converted) == []
     assert _split_loops(converted, layout.RnnSpec(kind, 1, units, 5)) == 2
     got = keras_graphs.run_graph_def(converted, case.feeds, case.fetches)
-    keras_graphs.assert_matches(case, got, reference=case.cudnn_expected, rtol=0, atol=TOL)
+    keras_graphs.assert_matches(case, got, reference=case.cudnn_expected, rtol=0, atol=atol)
