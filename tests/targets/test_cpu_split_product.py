@@ -73,22 +73,30 @@ SPLIT_SPECS = [
     layout.RnnSpec("lstm", 1, 300, 8, num_proj=200),  # [200, 1200]: 960 KB
     layout.RnnSpec("rnn_relu", 1, 480, 8),           # 900 KB, one gate
 ]
+LARGE_GRU_SPECS = [
+    layout.RnnSpec("gru", 1, 512, 8),   # 3 MB
+    layout.RnnSpec("gru", 2, 448, 8),   # 2.3 MB, a second layer reading 448
+]
+# (spec, the batch-halves tests its function holds): in the range the split replaces the
+# halves; a GRU above it splits below SPLIT_MIN_BATCH only and keeps the halves from there on.
+SPLIT_CASES = [(spec, 0) for spec in SPLIT_SPECS] + [(spec, 1) for spec in LARGE_GRU_SPECS]
 
 
 @pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("spec", SPLIT_SPECS, ids=lambda s: f"{s.mode}-{s.num_layers}x{s.num_units}-proj{s.num_proj}")
-def test_split_product_matches_reference(spec, batch):
-    assert cpu_loop.SPLIT_PRODUCT_MIN_BYTES <= _kernel_bytes(spec) <= cpu_loop.SPLIT_PRODUCT_MAX_BYTES
+@pytest.mark.parametrize("spec,halves_tests", SPLIT_CASES,
+                         ids=[f"{s.mode}-{s.num_layers}x{s.num_units}-proj{s.num_proj}" for s, _ in SPLIT_CASES])
+def test_split_product_matches_reference(spec, halves_tests, batch):
+    assert cpu_loop.splits_product(spec, tf.float32) == (halves_tests == 0)
+    assert cpu_loop.splits_large_gru_product(spec, tf.float32) == (halves_tests == 1)
     steps = 5
     # Short lengths (one zero) from the split batches on; batch-major at the largest batch.
     lens = None if batch < cpu_loop.IN_LOOP_MIN_BATCH else np.array([steps, 0, 3] + [steps - 1] * (batch - 3))
     case = _case(spec, batch, steps, lens, time_major=batch != BATCHES[-1], seed=batch + spec.num_units)
     converted, _ = graphfix.convert_graph_def(case.graph_def)
     # Both paths are in the function (one test per call picks); the split loops, full and
-    # masked, each as the unrolled and the remainder loop: 4 per layer. Only the split ones
-    # hold no batch-halves test.
+    # masked, each as the unrolled and the remainder loop: 4 per layer, the 2 unrolled counted.
     assert _split_loops(converted, spec) == 2 * spec.num_layers
-    assert comparisons_with(converted, "GreaterEqual", cpu.SPLIT_MIN_BATCH) == 0
+    assert comparisons_with(converted, "GreaterEqual", cpu.SPLIT_MIN_BATCH) == halves_tests
     _check(spec, case, converted)
 
 
@@ -101,28 +109,6 @@ def test_no_split_outside_its_range(spec, why):
     case = _case(spec, cpu.SPLIT_MIN_BATCH + 1, 4, seed=7)
     converted, _ = graphfix.convert_graph_def(case.graph_def)
     assert _split_loops(converted, spec) == 0, why
-    _check(spec, case, converted)
-
-
-LARGE_GRU_SPECS = [
-    layout.RnnSpec("gru", 1, 512, 8),   # 3 MB
-    layout.RnnSpec("gru", 2, 448, 8),   # 2.3 MB, a second layer reading 448
-]
-
-
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("spec", LARGE_GRU_SPECS, ids=lambda s: f"{s.num_layers}x{s.num_units}")
-def test_large_gru_kernel_split_below_the_batch_halves(spec, batch):
-    """Above SPLIT_PRODUCT_MAX_BYTES a GRU splits only where no batch halves run: the function
-    holds both the split loops and the halves' test, and each batch gets the reference's numbers."""
-    assert cpu_loop.splits_large_gru_product(spec, tf.float32)
-    assert _kernel_bytes(spec) > cpu_loop.SPLIT_PRODUCT_MAX_BYTES
-    steps = 5
-    lens = None if batch < cpu_loop.IN_LOOP_MIN_BATCH else np.array([steps, 0, 3] + [steps - 1] * (batch - 3))
-    case = _case(spec, batch, steps, lens, time_major=batch != BATCHES[-1], seed=batch + spec.num_units)
-    converted, _ = graphfix.convert_graph_def(case.graph_def)
-    assert _split_loops(converted, spec) == 2 * spec.num_layers
-    assert comparisons_with(converted, "GreaterEqual", cpu.SPLIT_MIN_BATCH) == 1
     _check(spec, case, converted)
 
 
