@@ -219,7 +219,7 @@ def splits_product(spec: RnnSpec, dtype: tf.DType) -> bool:
 # 7 x 90, 48 -> 544: 0.99 (0.88-1.04); 4 x 80, 64 -> 640: 0.89; 8 x 80: 0.91; 4 x 60, 64 -> 768
 # (7 MB): 0.89. Not an LSTM's loop (projected or float64 layers): 4 x 120, 128 -> 512: 1.14;
 # 6 x 80, 64 -> 448: 1.02; 8 x 80, 64 -> 640: 1.08. From SPLIT_MIN_BATCH on the batch halves
-# beat it (GRU 32 x 80, 64 -> 512: split 1.21x the halves' time; 12 x 60: 0.98).
+# stay (GRU 32 x 80, 64 -> 512: the split took 1.21x their time; 12 x 60: 0.98, level).
 def splits_large_gru_product(spec: RnnSpec, dtype: tf.DType) -> bool:
     """Whether a GRU's recurrent kernel is above SPLIT_PRODUCT_MAX_BYTES (split below the batch halves' range)."""
     return spec.mode == "gru" and _kernel_bytes(spec, dtype) > SPLIT_PRODUCT_MAX_BYTES
