@@ -210,9 +210,9 @@ def splits_product(spec: RnnSpec, dtype: tf.DType) -> bool:
     return SPLIT_PRODUCT_MIN_BYTES <= _kernel_bytes(spec, dtype) <= SPLIT_PRODUCT_MAX_BYTES
 
 
-# Above SPLIT_PRODUCT_MAX_BYTES a GRU's split still beats its one product at the batches the
-# batch halves do not take (IN_LOOP_MIN_BATCH to cpu.SPLIT_MIN_BATCH - 1), the GRU having no
-# BlockLSTMV2 to fall back on. scripts/bench_choices.py, split / one product, median (IQR) of
+# Above SPLIT_PRODUCT_MAX_BYTES a GRU's split still beats (or matches) its one product at the
+# batches the batch halves do not take (IN_LOOP_MIN_BATCH to cpu.SPLIT_MIN_BATCH - 1), the GRU
+# having no BlockLSTMV2 to fall back on. scripts/bench_choices.py, split / one product, median (IQR) of
 # 9-11 interleaved rounds: 4 x 150, 64 -> 384 (1.7 MB): 0.32 (0.28-0.33); 5 x 100, 32 -> 416:
 # 0.80; 4 x 100, 64 -> 448: 0.81; 6 x 80, 96 -> 480: 0.86; 4 x 120, 128 -> 512 (3 MB): 0.84
 # (0.82-0.91), 0.87 another run; 10 x 80, 96 -> 512: 0.89; 8 x 100, 128 -> 512: 0.96;
