@@ -35,10 +35,6 @@ def _split_loops(converted, spec) -> int:
     return matmuls_per_function(converted).count(per_step)
 
 
-def _kernel_bytes(spec) -> int:
-    return spec.hidden_size * spec.gates * spec.num_units * 4
-
-
 def _case(spec, batch, steps, lengths=None, time_major=True, seed=0):
     """A raw CudnnRNNV3 graph with weights of Keras's initial scale (uniform, 1/sqrt(H)), so
     that sums over hundreds of units stay in the range where float32 holds 1e-5."""
